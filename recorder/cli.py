@@ -1,0 +1,120 @@
+"""The `recorder` command line: a thin layer over the modules that do the work.
+
+Every option has a `RECORDER_*` environment mirror; the flag wins over the environment,
+which wins over the TOML file. Data goes to stdout, diagnostics to stderr.
+Exit codes: 0 ok, 1 failure, 2 bad usage or configuration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any
+
+import orjson
+
+from recorder import __version__, migrate
+from recorder.config import Settings, load_settings
+from recorder.database import open_database
+from recorder.errors import RecorderError
+from recorder.logs import configure_logging
+from recorder.status import read_status
+
+log = logging.getLogger("recorder")
+
+Command = Callable[[Settings, argparse.Namespace], Coroutine[Any, Any, int]]
+
+
+async def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
+    async with open_database(settings) as target:
+        before = await migrate.current_revision(target)
+        await migrate.upgrade(target, "head")
+        after = await migrate.current_revision(target)
+    if before == after:
+        print(f"schema already at revision {after}")
+    else:
+        print(f"schema upgraded from {before or 'none'} to {after}")
+    return 0
+
+
+async def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
+    async with open_database(settings) as target:
+        status = await read_status(target)
+    if args.json:
+        sys.stdout.write(orjson.dumps(status.as_dict(), option=orjson.OPT_INDENT_2).decode() + "\n")
+    else:
+        print(status.as_text())
+    return 0
+
+
+def _global_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config", metavar="FILE", help="TOML configuration file [env: RECORDER_CONFIG]"
+    )
+    parser.add_argument(
+        "--database-url", metavar="URL",
+        help="PostgreSQL URL; unset: embedded PostgreSQL [env: RECORDER_DATABASE_URL]",
+    )
+    parser.add_argument(
+        "--state-dir", metavar="DIR",
+        help="where embedded data and local state live [env: RECORDER_STATE_DIR]",
+    )
+    parser.add_argument(
+        "--log-format", choices=("text", "json", "journal"),
+        help="log line format [env: RECORDER_LOG_FORMAT]",
+    )
+    parser.add_argument(
+        "--log-level", choices=("debug", "info", "warning", "error"),
+        help="least severe level logged [env: RECORDER_LOG_LEVEL]",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="recorder",
+        description="Records LivePerson messaging conversations into a PostgreSQL event log.",
+    )
+    parser.add_argument("--version", action="version", version=f"recorder {__version__}")
+    _global_options(parser)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    migrate_parser = commands.add_parser(
+        "migrate", help="upgrade the database schema to this version's head"
+    )
+    migrate_parser.set_defaults(handler=cmd_migrate)
+
+    status_parser = commands.add_parser(
+        "status", help="schema revision, log head, projection positions and database in use"
+    )
+    status_parser.add_argument("--json", action="store_true", help="print JSON instead of text")
+    status_parser.set_defaults(handler=cmd_status)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    overrides = {
+        "database_url": args.database_url,
+        "state_dir": args.state_dir,
+        "log_format": args.log_format,
+        "log_level": args.log_level,
+    }
+    try:
+        settings = load_settings(args.config, overrides=overrides)
+    except RecorderError as exc:
+        print(f"recorder: configuration error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    configure_logging(settings.log_format, settings.log_level)
+    handler: Command = args.handler
+    try:
+        return asyncio.run(handler(settings, args))
+    except RecorderError as exc:
+        log.debug("command failed", exc_info=True)
+        print(f"recorder: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 130

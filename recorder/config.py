@@ -1,0 +1,386 @@
+"""Settings: a TOML file, `RECORDER_*` environment mirrors (environment wins), secrets from files.
+
+Every setting is declared once in `SETTINGS`; the README table and its test are derived from it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import tomllib
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from recorder.errors import ConfigError
+
+
+class Secret:
+    """A value that must never be printed: repr and str are masked."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('********')"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+@dataclasses.dataclass(frozen=True)
+class ConsumerIdentity:
+    """One consumer identity from TOML `[[consumers]]` (or the single-identity settings)."""
+
+    name: str
+    jwt: Secret | None = None
+    jwt_file: Path | None = None
+    signup: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    config_file: Path | None = None
+    database_url: Secret | None = None
+    state_dir: Path = Path("var")
+    account: str | None = None
+    csds_url: str = "https://api.liveperson.net"
+    ums_url: str | None = None
+    consumer_jwt: Secret | None = None
+    consumer_jwt_file: Path | None = None
+    consumers: tuple[ConsumerIdentity, ...] = ()
+    api_listen: str = "127.0.0.1:8780"
+    api_token: Secret | None = None
+    log_format: str = "text"
+    log_level: str = "INFO"
+    queue_size: int = 10_000
+    writer_batch_size: int = 1_000
+    writer_batch_wait_ms: float = 2.0
+
+    @property
+    def api_host_port(self) -> tuple[str, int]:
+        return split_host_port(self.api_listen, "RECORDER_API_LISTEN")
+
+    def identities(self) -> tuple[ConsumerIdentity, ...]:
+        """All configured identities: the single-identity settings first, then `[[consumers]]`."""
+        single: list[ConsumerIdentity] = []
+        if self.consumer_jwt is not None or self.consumer_jwt_file is not None:
+            single.append(
+                ConsumerIdentity(
+                    name="default", jwt=self.consumer_jwt, jwt_file=self.consumer_jwt_file
+                )
+            )
+        return (*single, *self.consumers)
+
+
+# -- parsers: each takes the raw value and the setting's name (for the error message) ------------
+
+
+def _text(value: Any, name: str) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigError(name, "must be a non-empty string")
+    return value.strip()
+
+
+def _positive_int(value: Any, name: str) -> int:
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        raise ConfigError(name, f"must be a whole number, got {value!r}") from None
+    if number <= 0:
+        raise ConfigError(name, f"must be greater than 0, got {number}")
+    return number
+
+
+def _non_negative_float(value: Any, name: str) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(name, f"must be a number, got {value!r}") from None
+    if number < 0:
+        raise ConfigError(name, f"must not be negative, got {number}")
+    return number
+
+
+def _choice(*choices: str) -> Callable[[Any, str], str]:
+    def parse(value: Any, name: str) -> str:
+        text = _text(value, name).lower()
+        if text not in choices:
+            raise ConfigError(name, f"must be one of {', '.join(choices)}; got {value!r}")
+        return text
+
+    return parse
+
+
+def _log_level(value: Any, name: str) -> str:
+    return _choice("debug", "info", "warning", "error")(value, name).upper()
+
+
+def _account(value: Any, name: str) -> str:
+    text = _text(value, name)
+    if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", text):
+        raise ConfigError(name, "must be a LivePerson account id (letters, digits, - or _)")
+    return text
+
+
+def _url(*schemes: str) -> Callable[[Any, str], str]:
+    def parse(value: Any, name: str) -> str:
+        text = _text(value, name).rstrip("/")
+        parts = urlsplit(text)
+        if parts.scheme not in schemes or not parts.netloc:
+            raise ConfigError(name, f"must be a URL starting with {' or '.join(schemes)}://")
+        return text
+
+    return parse
+
+
+def _database_url(value: Any, name: str) -> Secret:
+    text = _text(value, name)
+    scheme = urlsplit(text).scheme
+    if scheme not in ("postgresql", "postgres", "postgresql+asyncpg"):
+        # The URL may hold a password: name the setting, never echo the value.
+        raise ConfigError(name, "must be a postgresql:// URL")
+    return Secret(text)
+
+
+def _secret(value: Any, name: str) -> Secret:
+    return Secret(_text(value, name))
+
+
+def _readable_file(value: Any, name: str) -> Path:
+    path = Path(_text(value, name)).expanduser()
+    if not path.is_file():
+        raise ConfigError(name, f"file {str(path)!r} does not exist or is not a file")
+    try:
+        path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(name, f"file {str(path)!r} cannot be read: {exc.strerror}") from exc
+    return path
+
+
+def _path(value: Any, name: str) -> Path:
+    return Path(_text(value, name)).expanduser()
+
+
+def split_host_port(value: str, name: str) -> tuple[str, int]:
+    host, sep, port_text = value.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise ConfigError(name, f"must be host:port, got {value!r}")
+    return host, int(port_text)
+
+
+def _listen(value: Any, name: str) -> str:
+    text = _text(value, name)
+    split_host_port(text, name)
+    return text
+
+
+@dataclasses.dataclass(frozen=True)
+class SettingSpec:
+    field: str
+    env: str
+    parse: Callable[[Any, str], Any]
+    description: str
+    default_text: str
+    secret: bool = False
+    #: `*_FILE` variant: the setting's value is read from that file.
+    file_env: str | None = None
+
+
+SETTINGS: tuple[SettingSpec, ...] = (
+    SettingSpec(
+        "database_url", "RECORDER_DATABASE_URL", _database_url,
+        "PostgreSQL URL", "unset: embedded PostgreSQL in the state dir",
+        secret=True, file_env="RECORDER_DATABASE_URL_FILE",
+    ),
+    SettingSpec(
+        "state_dir", "RECORDER_STATE_DIR", _path,
+        "where embedded data and local state live",
+        "`$STATE_DIRECTORY` under systemd, else `./var`",
+    ),
+    SettingSpec(
+        "account", "RECORDER_ACCOUNT", _account,
+        "LivePerson account id", "(required unless simulating)",
+    ),
+    SettingSpec(
+        "csds_url", "RECORDER_CSDS_URL", _url("https", "http"),
+        "base URL of the domain lookup", "`https://api.liveperson.net`",
+    ),
+    SettingSpec(
+        "ums_url", "RECORDER_UMS_URL", _url("wss", "ws"),
+        "`scheme://host[:port]` of the UMS websocket; skips the domain lookup", "from CSDS",
+    ),
+    SettingSpec(
+        "consumer_jwt", "RECORDER_CONSUMER_JWT", _secret,
+        "a single consumer identity's JWT", "none",
+        secret=True,
+    ),
+    SettingSpec(
+        "consumer_jwt_file", "RECORDER_CONSUMER_JWT_FILE", _readable_file,
+        "file holding that JWT, re-read whenever a fresh token is needed", "none",
+    ),
+    SettingSpec(
+        "api_listen", "RECORDER_API_LISTEN", _listen,
+        "read API host:port", "`127.0.0.1:8780`",
+    ),
+    SettingSpec(
+        "api_token", "RECORDER_API_TOKEN", _secret,
+        "bearer token for the read API", "none: refused on a non-loopback address",
+        secret=True, file_env="RECORDER_API_TOKEN_FILE",
+    ),
+    SettingSpec(
+        "log_format", "RECORDER_LOG_FORMAT", _choice("text", "json", "journal"),
+        "`text`, `json` or `journal`", "`journal` under systemd, else `text`",
+    ),
+    SettingSpec(
+        "log_level", "RECORDER_LOG_LEVEL", _log_level,
+        "`debug`, `info`, `warning` or `error`", "`info`",
+    ),
+    SettingSpec(
+        "queue_size", "RECORDER_QUEUE_SIZE", _positive_int,
+        "events held between the sockets and the writer before receivers stop reading",
+        "`10000`",
+    ),
+    SettingSpec(
+        "writer_batch_size", "RECORDER_WRITER_BATCH_SIZE", _positive_int,
+        "most events the writer commits in one transaction", "`1000`",
+    ),
+    SettingSpec(
+        "writer_batch_wait_ms", "RECORDER_WRITER_BATCH_WAIT_MS", _non_negative_float,
+        "how long the writer waits to fill a batch", "`2`",
+    ),
+)
+
+CONFIG_ENV = "RECORDER_CONFIG"
+
+
+def _toml_key(spec: SettingSpec) -> str:
+    return spec.field
+
+
+def _read_secret_file(path_text: str, name: str) -> str:
+    path = _readable_file(path_text, name)
+    content = path.read_text(encoding="utf-8").strip()
+    if not content:
+        raise ConfigError(name, f"file {str(path)!r} is empty")
+    return content
+
+
+def _parse_consumers(raw: Any) -> tuple[ConsumerIdentity, ...]:
+    if not isinstance(raw, list):
+        raise ConfigError("consumers", "must be an array of tables ([[consumers]])")
+    identities: list[ConsumerIdentity] = []
+    for index, entry in enumerate(raw):
+        where = f"consumers[{index}]"
+        if not isinstance(entry, dict):
+            raise ConfigError(where, "must be a table")
+        unknown = set(entry) - {"name", "jwt", "jwt_file", "signup"}
+        if unknown:
+            raise ConfigError(f"{where}.{sorted(unknown)[0]}", "is not a known setting")
+        signup = entry.get("signup", False)
+        if not isinstance(signup, bool):
+            raise ConfigError(f"{where}.signup", "must be true or false")
+        sources = [k for k in ("jwt", "jwt_file") if k in entry] + (["signup"] if signup else [])
+        if len(sources) != 1:
+            raise ConfigError(where, "needs exactly one of jwt, jwt_file or signup = true")
+        name = _text(entry.get("name", f"consumer-{index + 1}"), f"{where}.name")
+        identities.append(
+            ConsumerIdentity(
+                name=name,
+                jwt=_secret(entry["jwt"], f"{where}.jwt") if "jwt" in entry else None,
+                jwt_file=(
+                    _readable_file(entry["jwt_file"], f"{where}.jwt_file")
+                    if "jwt_file" in entry
+                    else None
+                ),
+                signup=signup,
+            )
+        )
+    names = [identity.name for identity in identities]
+    duplicated = sorted({n for n in names if names.count(n) > 1})
+    if duplicated:
+        raise ConfigError("consumers", f"names must be unique; {duplicated[0]!r} repeats")
+    return tuple(identities)
+
+
+def _load_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as handle:
+            return tomllib.load(handle)
+    except FileNotFoundError:
+        raise ConfigError(CONFIG_ENV, f"config file {str(path)!r} does not exist") from None
+    except OSError as exc:
+        raise ConfigError(CONFIG_ENV, f"config file {str(path)!r}: {exc.strerror}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(
+            CONFIG_ENV, f"config file {str(path)!r} is not valid TOML: {exc}"
+        ) from exc
+
+
+def load_settings(
+    config_file: str | Path | None = None,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Settings:
+    """Build settings from defaults < TOML file < environment < explicit overrides (CLI flags).
+
+    Raises ConfigError naming the offending setting.
+    """
+    env = os.environ if environ is None else environ
+    path_text = str(config_file) if config_file else env.get(CONFIG_ENV) or None
+    file_values: dict[str, Any] = {}
+    config_path: Path | None = None
+    if path_text:
+        config_path = Path(path_text).expanduser()
+        file_values = _load_toml(config_path)
+
+    known = {_toml_key(spec) for spec in SETTINGS} | {"consumers"}
+    known |= {spec.field + "_file" for spec in SETTINGS if spec.file_env}
+    for key in file_values:
+        if key not in known:
+            raise ConfigError(key, f"is not a known setting (in {config_path})")
+
+    values: dict[str, Any] = {"config_file": config_path}
+    for spec in SETTINGS:
+        raw: Any = None
+        source = spec.env
+        file_key = spec.field + "_file"
+        if spec.file_env and file_values.get(file_key) is not None:
+            raw, source = _read_secret_file(file_values[file_key], file_key), file_key
+        if file_values.get(spec.field) is not None:
+            raw, source = file_values[spec.field], spec.field
+        if spec.file_env and env.get(spec.file_env):
+            raw, source = _read_secret_file(env[spec.file_env], spec.file_env), spec.file_env
+        if env.get(spec.env):
+            raw, source = env[spec.env], spec.env
+        if overrides and overrides.get(spec.field) is not None:
+            raw, source = overrides[spec.field], spec.env
+        if raw is not None:
+            values[spec.field] = spec.parse(raw, source)
+
+    if "state_dir" not in values and env.get("STATE_DIRECTORY"):
+        # systemd may pass several colon-separated directories; the first is ours.
+        values["state_dir"] = Path(env["STATE_DIRECTORY"].split(":")[0])
+    if "log_format" not in values and env.get("JOURNAL_STREAM"):
+        values["log_format"] = "journal"
+    if "consumers" in file_values:
+        values["consumers"] = _parse_consumers(file_values["consumers"])
+    if values.get("consumer_jwt") is not None and values.get("consumer_jwt_file") is not None:
+        raise ConfigError(
+            "RECORDER_CONSUMER_JWT",
+            "set either RECORDER_CONSUMER_JWT or RECORDER_CONSUMER_JWT_FILE, not both",
+        )
+    return Settings(**values)

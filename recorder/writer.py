@@ -1,0 +1,363 @@
+"""The single writer: drains a bounded queue in micro-batches, one transaction per batch.
+
+- Positions come from `log_head` under a table lock: contiguous from 1, in commit order.
+- Keys already stored (in the batch or the table) are dropped before positions are given out.
+- Listeners hear which events were newly stored only after the commit returned.
+- A session advisory lock keeps a second writer on the same database passive.
+- A database outage is retried with backoff; the queue stays bounded, so producers block.
+- A batch that fails for a reason other than the connection is retried row by row; a row that
+  still fails goes to `quarantine` whole, with the error, and the writer keeps going.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import random
+import time
+from collections.abc import Callable, Sequence
+
+import asyncpg
+
+from recorder import sql
+from recorder.database import DatabaseTarget, mask_url
+from recorder.errors import WriterStoppedError
+from recorder.events import EventRecord, QuarantinedFrame
+
+log = logging.getLogger(__name__)
+
+#: Advisory lock key for "the event log writer" (any fixed bigint; this spells "recorder").
+LEADER_LOCK_KEY = 0x7265636F72646572
+
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    TimeoutError,
+    asyncpg.InterfaceError,
+    asyncpg.exceptions.PostgresConnectionError,
+    asyncpg.exceptions.OperatorInterventionError,  # admin shutdown, cannot connect now
+    asyncpg.exceptions.InsufficientResourcesError,
+    asyncpg.exceptions.TransactionRollbackError,  # deadlock, serialization failure
+    asyncpg.exceptions.LockNotAvailableError,
+)
+
+QueueItem = EventRecord | QuarantinedFrame
+
+
+@dataclasses.dataclass
+class AppendResult:
+    """What one committed batch did. Duplicates were already in the log: they are durable too."""
+
+    stored: list[tuple[int, EventRecord]] = dataclasses.field(default_factory=list)
+    duplicates: list[EventRecord] = dataclasses.field(default_factory=list)
+    quarantined: list[QuarantinedFrame] = dataclasses.field(default_factory=list)
+    head: int = 0
+
+    def merge(self, other: AppendResult) -> None:
+        self.stored.extend(other.stored)
+        self.duplicates.extend(other.duplicates)
+        self.quarantined.extend(other.quarantined)
+        self.head = max(self.head, other.head)
+
+
+@dataclasses.dataclass
+class WriterStats:
+    stored: int = 0
+    duplicates: int = 0
+    quarantined: int = 0
+    batches: int = 0
+    retries: int = 0
+    row_fallbacks: int = 0
+
+
+class EventWriter:
+    def __init__(
+        self,
+        target: DatabaseTarget,
+        *,
+        queue_size: int = 10_000,
+        batch_size: int = 1_000,
+        batch_wait_ms: float = 2.0,
+        lock_key: int = LEADER_LOCK_KEY,
+        drain_timeout_s: float = 10.0,
+        max_backoff_s: float = 5.0,
+    ) -> None:
+        self._target = target
+        self.queue: asyncio.Queue[QueueItem] = asyncio.Queue(maxsize=queue_size)
+        self._batch_size = batch_size
+        self._batch_wait = batch_wait_ms / 1000
+        self._lock_key = lock_key
+        self._drain_timeout = drain_timeout_s
+        self._max_backoff = max_backoff_s
+        self._listeners: list[Callable[[AppendResult], None]] = []
+        self._connection: asyncpg.Connection | None = None
+        self._head_changed = asyncio.Event()
+        self._running = False
+        self.head = 0
+        self.is_leader = False
+        self.stats = WriterStats()
+
+    # -- producer side ---------------------------------------------------------------------------
+
+    async def put(self, item: QueueItem) -> None:
+        """Queue one event (or quarantined frame); waits while the queue is full."""
+        if not self._running:
+            raise WriterStoppedError("the event writer is not running")
+        await self.queue.put(item)
+
+    def add_listener(self, listener: Callable[[AppendResult], None]) -> None:
+        """Called after each commit, in commit order. Must be quick and must not raise."""
+        self._listeners.append(listener)
+
+    async def wait_for_head(self, position: int) -> int:
+        """Wait until everything up to `position` is committed; return the head."""
+        while self.head < position:
+            await self._head_changed.wait()
+        return self.head
+
+    # -- the writer task -------------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Write until `stop` is set, then drain what is queued (bounded by the drain timeout)."""
+        self._running = True
+        drain_deadline: float | None = None
+        unwritten = 0
+        try:
+            while True:
+                if stop.is_set() and drain_deadline is None:
+                    drain_deadline = time.monotonic() + self._drain_timeout
+                    self._running = False  # refuse new work; finish what is queued
+                batch = await self._next_batch(stop, draining=drain_deadline is not None)
+                if batch is None:
+                    break
+                if batch and not await self._commit_with_retry(batch, stop, drain_deadline):
+                    unwritten = len(batch)
+                    break
+        finally:
+            self._running = False
+            unwritten += self.queue.qsize()
+            if unwritten:
+                # Not lost upstream: cursors advance only after commit, so these are re-fetched.
+                log.warning("writer stopped with %d queued events not written", unwritten)
+            await self._close_connection()
+
+    async def _next_batch(self, stop: asyncio.Event, draining: bool) -> list[QueueItem] | None:
+        """Up to batch_size items, waiting at most batch_wait after the first.
+
+        [] when `stop` fired while idle; None when draining and the queue is empty.
+        """
+        if self.queue.empty():
+            if draining:
+                return None
+            first = await self._get_unless_stopped(stop)
+            if first is None:
+                return []
+            batch = [first]
+        else:
+            batch = [self.queue.get_nowait()]
+        deadline = time.monotonic() + self._batch_wait
+        while len(batch) < self._batch_size:
+            if not self.queue.empty():
+                batch.append(self.queue.get_nowait())
+                continue
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            try:
+                batch.append(await asyncio.wait_for(self.queue.get(), remaining))
+            except TimeoutError:
+                break
+        return batch
+
+    async def _get_unless_stopped(self, stop: asyncio.Event) -> QueueItem | None:
+        getter = asyncio.ensure_future(self.queue.get())
+        stopper = asyncio.ensure_future(stop.wait())
+        try:
+            await asyncio.wait({getter, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopper.cancel()
+            if not getter.done():
+                getter.cancel()
+        if getter.done() and not getter.cancelled():
+            return getter.result()
+        return None
+
+    async def _commit_with_retry(
+        self, batch: list[QueueItem], stop: asyncio.Event, drain_deadline: float | None
+    ) -> bool:
+        """Commit the batch, retrying through outages. False if stopping forced us to give up."""
+        attempt = 0
+        while True:
+            try:
+                connection = await self._leader_connection(stop)
+                if connection is None:
+                    return False
+                result = await self._append_items(connection, batch)
+                self._publish(result)
+                return True
+            except TRANSIENT_ERRORS as exc:
+                attempt += 1
+                self.stats.retries += 1
+                await self._close_connection()
+                delay = min(self._max_backoff, 0.1 * 2 ** min(attempt, 10))
+                delay *= random.uniform(0.5, 1.0)
+                log.warning(
+                    "database unavailable (%s: %s); retrying %d events in %.2fs (attempt %d)",
+                    type(exc).__name__, exc, len(batch), delay, attempt,
+                )
+                if drain_deadline is not None and time.monotonic() + delay > drain_deadline:
+                    return False
+                await asyncio.sleep(delay)
+
+    async def _leader_connection(self, stop: asyncio.Event) -> asyncpg.Connection | None:
+        """The writer's connection, holding the leader lock. None if stopped while passive."""
+        if self._connection is not None and not self._connection.is_closed():
+            return self._connection
+        self.is_leader = False
+        connection = await asyncpg.connect(
+            self._target.dsn, server_settings={"synchronous_commit": "on"}, timeout=10
+        )
+        try:
+            waiting_logged = False
+            while not await connection.fetchval(sql.TRY_LEADER_LOCK, self._lock_key):
+                if not waiting_logged:
+                    log.warning("another writer holds the event log; waiting, passive")
+                    waiting_logged = True
+                if stop.is_set():
+                    await connection.close()
+                    return None
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), 0.5)
+            self.head = int(await connection.fetchval(sql.HEAD))
+        except BaseException:
+            connection.terminate()
+            raise
+        self._connection = connection
+        self.is_leader = True
+        log.info("event log writer is leader on %s, head %d", mask_url(self._target.dsn), self.head)
+        return connection
+
+    async def _close_connection(self) -> None:
+        connection, self._connection = self._connection, None
+        self.is_leader = False
+        if connection is not None and not connection.is_closed():
+            try:
+                await asyncio.wait_for(connection.close(), 2)
+            except Exception:
+                connection.terminate()
+
+    async def _append_items(
+        self, connection: asyncpg.Connection, items: Sequence[QueueItem]
+    ) -> AppendResult:
+        events = [item for item in items if isinstance(item, EventRecord)]
+        frames = [item for item in items if isinstance(item, QuarantinedFrame)]
+        try:
+            return await self._append_batch(connection, events, frames)
+        except asyncpg.PostgresError as exc:
+            if isinstance(exc, TRANSIENT_ERRORS):
+                raise
+            log.warning(
+                "batch of %d events failed (%s: %s); writing them one by one",
+                len(events), type(exc).__name__, exc,
+            )
+            self.stats.row_fallbacks += 1
+        result = AppendResult(head=self.head)
+        if frames:
+            result.merge(await self._append_batch(connection, [], frames))
+        for event in events:
+            try:
+                result.merge(await self._append_batch(connection, [event], []))
+            except asyncpg.PostgresError as exc:
+                if isinstance(exc, TRANSIENT_ERRORS):
+                    raise
+                frame = quarantine_event(event, f"{type(exc).__name__}: {exc}")
+                result.merge(await self._append_batch(connection, [], [frame]))
+        return result
+
+    async def _append_batch(
+        self,
+        connection: asyncpg.Connection,
+        events: Sequence[EventRecord],
+        frames: Sequence[QuarantinedFrame],
+    ) -> AppendResult:
+        unique: dict[bytes, EventRecord] = {}
+        duplicates: list[EventRecord] = []
+        for event in events:
+            if event.dedupe_key in unique:
+                duplicates.append(event)
+            else:
+                unique[event.dedupe_key] = event
+        fresh = list(unique.values())
+        result = AppendResult(duplicates=duplicates, quarantined=list(frames))
+        async with connection.transaction():
+            if frames:
+                await connection.executemany(
+                    sql.INSERT_QUARANTINE,
+                    [
+                        (f.received_at, f.session_id, f.account_id, f.consumer_id, f.raw, f.error)
+                        for f in frames
+                    ],
+                )
+            if fresh:
+                await connection.execute(sql.LOCK_EVENTS)
+                rows = await connection.fetch(sql.APPEND_BATCH, *_columns(fresh))
+                stored_keys = {row["dedupe_key"]: row["position"] for row in rows}
+                for event in fresh:
+                    position = stored_keys.get(event.dedupe_key)
+                    if position is None:
+                        result.duplicates.append(event)
+                    else:
+                        result.stored.append((position, event))
+        if result.stored:
+            result.head = result.stored[-1][0]
+        return result
+
+    def _publish(self, result: AppendResult) -> None:
+        self.stats.batches += 1
+        self.stats.stored += len(result.stored)
+        self.stats.duplicates += len(result.duplicates)
+        self.stats.quarantined += len(result.quarantined)
+        if result.quarantined:
+            log.error("quarantined %d frames; see the quarantine table", len(result.quarantined))
+        if result.head > self.head:
+            self.head = result.head
+        result.head = self.head
+        for listener in self._listeners:
+            try:
+                listener(result)
+            except Exception:
+                log.exception("writer listener failed")
+        # Wake every waiter, then arm a fresh event for the next commit.
+        self._head_changed.set()
+        self._head_changed = asyncio.Event()
+
+
+def quarantine_event(event: EventRecord, error: str) -> QuarantinedFrame:
+    return QuarantinedFrame(
+        received_at=event.received_at,
+        raw=event.payload.encode("utf-8", "surrogatepass"),
+        error=error,
+        session_id=event.session_id,
+        account_id=event.account_id,
+        consumer_id=event.consumer_id,
+    )
+
+
+def _columns(events: Sequence[EventRecord]) -> tuple[list[object], ...]:
+    return (
+        [e.received_at for e in events],
+        [e.account_id for e in events],
+        [e.consumer_id for e in events],
+        [e.session_id for e in events],
+        [e.kind for e in events],
+        [e.type for e in events],
+        [e.change_type for e in events],
+        [e.conversation_id for e in events],
+        [e.dialog_id for e in events],
+        [e.sequence for e in events],
+        [e.originator_id for e in events],
+        [e.server_ts for e in events],
+        [e.dedupe_key for e in events],
+        [e.payload for e in events],
+    )
