@@ -94,6 +94,7 @@ class EventWriter:
         self._connection: asyncpg.Connection | None = None
         self._head_changed = asyncio.Event()
         self._running = False
+        self._drain_deadline: float | None = None
         self.head = 0
         self.is_leader = False
         self.stats = WriterStats()
@@ -121,17 +122,20 @@ class EventWriter:
     async def run(self, stop: asyncio.Event) -> None:
         """Write until `stop` is set, then drain what is queued (bounded by the drain timeout)."""
         self._running = True
-        drain_deadline: float | None = None
+        self._drain_deadline = None
         unwritten = 0
         try:
             while True:
-                if stop.is_set() and drain_deadline is None:
-                    drain_deadline = time.monotonic() + self._drain_timeout
+                if stop.is_set():
                     self._running = False  # refuse new work; finish what is queued
-                batch = await self._next_batch(stop, draining=drain_deadline is not None)
+                    if self._drain_deadline is None:
+                        self._drain_deadline = time.monotonic() + self._drain_timeout
+                    elif time.monotonic() > self._drain_deadline:
+                        break
+                batch = await self._next_batch(stop, draining=stop.is_set())
                 if batch is None:
                     break
-                if batch and not await self._commit_with_retry(batch, stop, drain_deadline):
+                if batch and not await self._commit_with_retry(batch, stop):
                     unwritten = len(batch)
                     break
         finally:
@@ -183,9 +187,7 @@ class EventWriter:
             return getter.result()
         return None
 
-    async def _commit_with_retry(
-        self, batch: list[QueueItem], stop: asyncio.Event, drain_deadline: float | None
-    ) -> bool:
+    async def _commit_with_retry(self, batch: list[QueueItem], stop: asyncio.Event) -> bool:
         """Commit the batch, retrying through outages. False if stopping forced us to give up."""
         attempt = 0
         while True:
@@ -206,8 +208,11 @@ class EventWriter:
                     "database unavailable (%s: %s); retrying %d events in %.2fs (attempt %d)",
                     type(exc).__name__, exc, len(batch), delay, attempt,
                 )
-                if drain_deadline is not None and time.monotonic() + delay > drain_deadline:
-                    return False
+                if stop.is_set():
+                    if self._drain_deadline is None:
+                        self._drain_deadline = time.monotonic() + self._drain_timeout
+                    if time.monotonic() + delay > self._drain_deadline:
+                        return False
                 await asyncio.sleep(delay)
 
     async def _leader_connection(self, stop: asyncio.Event) -> asyncpg.Connection | None:
@@ -258,21 +263,33 @@ class EventWriter:
             if isinstance(exc, TRANSIENT_ERRORS):
                 raise
             log.warning(
-                "batch of %d events failed (%s: %s); writing them one by one",
+                "batch of %d events failed (%s: %s); bisecting to find the bad rows",
                 len(events), type(exc).__name__, exc,
             )
             self.stats.row_fallbacks += 1
         result = AppendResult(head=self.head)
         if frames:
             result.merge(await self._append_batch(connection, [], frames))
-        for event in events:
-            try:
-                result.merge(await self._append_batch(connection, [event], []))
-            except asyncpg.PostgresError as exc:
-                if isinstance(exc, TRANSIENT_ERRORS):
-                    raise
-                frame = quarantine_event(event, f"{type(exc).__name__}: {exc}")
-                result.merge(await self._append_batch(connection, [], [frame]))
+        result.merge(await self._append_bisecting(connection, events))
+        return result
+
+    async def _append_bisecting(
+        self, connection: asyncpg.Connection, events: Sequence[EventRecord]
+    ) -> AppendResult:
+        """Halve a failing batch until the failing rows stand alone; quarantine those."""
+        if not events:
+            return AppendResult(head=self.head)
+        try:
+            return await self._append_batch(connection, events, [])
+        except asyncpg.PostgresError as exc:
+            if isinstance(exc, TRANSIENT_ERRORS):
+                raise
+            if len(events) == 1:
+                frame = quarantine_event(events[0], f"{type(exc).__name__}: {exc}")
+                return await self._append_batch(connection, [], [frame])
+        middle = len(events) // 2
+        result = await self._append_bisecting(connection, events[:middle])
+        result.merge(await self._append_bisecting(connection, events[middle:]))
         return result
 
     async def _append_batch(
