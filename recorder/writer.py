@@ -35,11 +35,20 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     OSError,
     TimeoutError,
     asyncpg.InterfaceError,
+    asyncpg.exceptions.InternalClientError,  # a connection killed mid-protocol
     asyncpg.exceptions.PostgresConnectionError,
     asyncpg.exceptions.OperatorInterventionError,  # admin shutdown, cannot connect now
     asyncpg.exceptions.InsufficientResourcesError,
     asyncpg.exceptions.TransactionRollbackError,  # deadlock, serialization failure
     asyncpg.exceptions.LockNotAvailableError,
+)
+
+# Errors caused by the rows themselves: the batch is bisected and the bad rows quarantined.
+# Any other database error (permissions, a missing table) stops the writer loudly.
+DATA_ERRORS: tuple[type[BaseException], ...] = (
+    asyncpg.exceptions.DataError,
+    asyncpg.exceptions.IntegrityConstraintViolationError,
+    asyncpg.exceptions.ProgramLimitExceededError,
 )
 
 QueueItem = EventRecord | QuarantinedFrame
@@ -69,6 +78,7 @@ class WriterStats:
     batches: int = 0
     retries: int = 0
     row_fallbacks: int = 0
+    connections: int = 0
 
 
 class EventWriter:
@@ -201,7 +211,7 @@ class EventWriter:
             except TRANSIENT_ERRORS as exc:
                 attempt += 1
                 self.stats.retries += 1
-                await self._close_connection()
+                self._discard_connection()
                 delay = min(self._max_backoff, 0.1 * 2 ** min(attempt, 10))
                 delay *= random.uniform(0.5, 1.0)
                 log.warning(
@@ -239,9 +249,17 @@ class EventWriter:
             connection.terminate()
             raise
         self._connection = connection
+        self.stats.connections += 1
         self.is_leader = True
         log.info("event log writer is leader on %s, head %d", mask_url(self._target.dsn), self.head)
         return connection
+
+    def _discard_connection(self) -> None:
+        """Drop a connection that failed: it may be mid-protocol, so no goodbye."""
+        connection, self._connection = self._connection, None
+        self.is_leader = False
+        if connection is not None:
+            connection.terminate()
 
     async def _close_connection(self) -> None:
         connection, self._connection = self._connection, None
@@ -259,9 +277,7 @@ class EventWriter:
         frames = [item for item in items if isinstance(item, QuarantinedFrame)]
         try:
             return await self._append_batch(connection, events, frames)
-        except asyncpg.PostgresError as exc:
-            if isinstance(exc, TRANSIENT_ERRORS):
-                raise
+        except DATA_ERRORS as exc:
             log.warning(
                 "batch of %d events failed (%s: %s); bisecting to find the bad rows",
                 len(events), type(exc).__name__, exc,
@@ -281,9 +297,7 @@ class EventWriter:
             return AppendResult(head=self.head)
         try:
             return await self._append_batch(connection, events, [])
-        except asyncpg.PostgresError as exc:
-            if isinstance(exc, TRANSIENT_ERRORS):
-                raise
+        except DATA_ERRORS as exc:
             if len(events) == 1:
                 frame = quarantine_event(events[0], f"{type(exc).__name__}: {exc}")
                 return await self._append_batch(connection, [], [frame])

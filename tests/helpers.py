@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
+from collections.abc import Callable
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
@@ -64,5 +66,15 @@ async def assert_log_contiguous(connection: asyncpg.Connection) -> int:
     if head == 0:
         assert count == 0
         return 0
-    assert (count, low, high) == (head, 1, head), f"positions not contiguous: {count=} {low=} {high=} {head=}"
+    assert (count, low, high) == (head, 1, head), (
+        f"positions not contiguous: {count=} {low=} {high=} {head=}"
+    )
     return int(head)
+
+
+async def wait_until(condition: Callable[[], bool], within_s: float = 30.0) -> None:
+    """Poll an in-process condition (a counter, a flag) until it holds."""
+    deadline = time.monotonic() + within_s
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.01)

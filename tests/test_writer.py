@@ -15,7 +15,7 @@ from recorder.database import DatabaseTarget
 from recorder.eventlog import EventLog
 from recorder.events import EventRecord
 from recorder.writer import AppendResult, EventWriter
-from tests.helpers import assert_log_contiguous, message_event
+from tests.helpers import assert_log_contiguous, message_event, wait_until
 
 # A trigger that fails a row mid-transaction, after the batch has taken its positions.
 POISON_TRIGGER = """
@@ -82,8 +82,7 @@ async def test_same_events_sent_many_times_are_stored_once(
         for event in deliveries:
             await writer.put(event)
         await asyncio.wait_for(writer.wait_for_head(200), 30)
-        while writer.stats.stored + writer.stats.duplicates < len(deliveries):
-            await asyncio.sleep(0.01)
+        await wait_until(lambda: writer.stats.stored + writer.stats.duplicates == len(deliveries))
     assert await assert_log_contiguous(db) == 200
     stored_keys = [event.dedupe_key for r in results for _, event in r.stored]
     assert sorted(stored_keys) == sorted(e.dedupe_key for e in originals)
@@ -124,8 +123,7 @@ async def test_failed_rows_roll_back_without_holes_and_go_to_quarantine(
             await writer.put(event)
         good = len(events) - len(poisoned)
         await asyncio.wait_for(writer.wait_for_head(good), 30)
-        while writer.stats.quarantined < len(poisoned):
-            await asyncio.sleep(0.01)
+        await wait_until(lambda: writer.stats.quarantined == len(poisoned))
     head = await assert_log_contiguous(db)
     assert head == len(events) - len(poisoned)
     stored = await db.fetch("SELECT dedupe_key FROM events")
@@ -151,8 +149,7 @@ async def test_payload_postgres_cannot_store_is_quarantined_raw(
         await writer.put(bad)
         await writer.put(message_event("conv-a", 2))
         await asyncio.wait_for(writer.wait_for_head(2), 30)
-        while writer.stats.quarantined < 1:
-            await asyncio.sleep(0.01)
+        await wait_until(lambda: writer.stats.quarantined == 1)
     assert await assert_log_contiguous(db) == 2
     raw = await db.fetchval("SELECT raw FROM quarantine")
     assert raw == bad.payload.encode()
@@ -195,8 +192,7 @@ async def test_forced_concurrent_writers_do_not_interleave(
                 await writer.put(message_event(name, sequence))
 
         await asyncio.gather(feed(writers[0], "w0"), feed(writers[1], "w1"))
-        while sum(w.stats.stored for w in writers) < 5000:
-            await asyncio.sleep(0.01)
+        await wait_until(lambda: sum(w.stats.stored for w in writers) == 5000)
     assert await assert_log_contiguous(db) == 5000
     for batches in results:
         for batch in batches:
@@ -243,7 +239,8 @@ async def test_reader_tailing_slow_commits_and_rollbacks_sees_every_position_onc
                 for event in batch:
                     await writer.put(event)
 
-            await asyncio.gather(*(feed(w, events[n]) for w, n in zip(writers, events)))
+            pairs = zip(writers, events.values(), strict=True)
+            await asyncio.gather(*(feed(writer, batch) for writer, batch in pairs))
             await asyncio.wait_for(reader, 60)
         assert seen == list(range(1, good + 1))
         assert await log.head() == good
