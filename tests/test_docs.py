@@ -1,0 +1,49 @@
+"""Docs kept honest: every setting and command documented; CI runs the README's tests."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from recorder.cli import build_parser
+from recorder.config import CONFIG_ENV, SETTINGS
+
+ROOT = Path(__file__).resolve().parent.parent
+README = (ROOT / "README.md").read_text()
+
+
+def settings_table() -> dict[str, str]:
+    block = README.split("<!-- settings-table", 1)[1].split("<!-- /settings-table -->", 1)[0]
+    rows = re.findall(r"^\| `(RECORDER_[A-Z_]+)` \| (.+?) \| (.+?) \|$", block, re.MULTILINE)
+    return {name: default for name, _meaning, default in rows}
+
+
+def test_every_setting_is_in_the_readme_table_and_nothing_else() -> None:
+    documented = settings_table()
+    expected = {CONFIG_ENV} | {s.env for s in SETTINGS}
+    expected |= {s.file_env for s in SETTINGS if s.file_env}
+    assert set(documented) == expected
+
+
+def test_readme_defaults_match_the_settings_model() -> None:
+    documented = settings_table()
+    for spec in SETTINGS:
+        assert documented[spec.env] == spec.default_text, spec.env
+
+
+def test_every_command_is_documented() -> None:
+    parser = build_parser()
+    commands = next(a for a in parser._actions if a.dest == "command").choices
+    assert commands
+    for name in commands:
+        assert f"`recorder {name}" in README, name
+
+
+def test_readme_opens_with_the_install_and_test_commands_that_ci_runs() -> None:
+    blocks = re.findall(r"```sh\n(.+?)\n```", README, re.DOTALL)
+    run_command, test_command = blocks[0], blocks[1]
+    assert "pip install -e ." in run_command and "recorder" in run_command
+    assert test_command.endswith(".venv/bin/pytest")
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert ".venv/bin/pip install -q -e '.[dev]'" in ci
+    assert "\n.venv/bin/pytest " in ci
