@@ -152,6 +152,12 @@ def _database_url(value: Any, name: str) -> Secret:
     if scheme not in ("postgresql", "postgres", "postgresql+asyncpg"):
         # The URL may hold a password: name the setting, never echo the value.
         raise ConfigError(name, "must be a postgresql:// URL")
+    try:
+        port = urlsplit(text).port
+    except ValueError:
+        port = -1
+    if port is not None and not 0 < port < 65536:
+        raise ConfigError(name, "has a port that is not a number from 1 to 65535")
     return Secret(text)
 
 
@@ -378,6 +384,11 @@ def load_settings(
         values["log_format"] = "journal"
     if "consumers" in file_values:
         values["consumers"] = _parse_consumers(file_values["consumers"])
+    single = values.get("consumer_jwt") is not None or values.get("consumer_jwt_file") is not None
+    if single and any(c.name == "default" for c in values.get("consumers", ())):
+        raise ConfigError(
+            "consumers", "the name 'default' is taken by RECORDER_CONSUMER_JWT(_FILE)"
+        )
     if values.get("consumer_jwt") is not None and values.get("consumer_jwt_file") is not None:
         raise ConfigError(
             "RECORDER_CONSUMER_JWT",

@@ -6,7 +6,7 @@ import contextlib
 import dataclasses
 import logging
 from collections.abc import AsyncIterator
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import asyncpg
 
@@ -48,13 +48,21 @@ def to_sqlalchemy_url(url: str) -> str:
 
 
 def mask_url(url: str) -> str:
-    """The URL with any password replaced, safe for logs and status output."""
+    """The URL with any password (in the user part or the query) replaced, safe to print."""
     parts = urlsplit(url)
-    if not parts.password:
-        return url
-    netloc = parts.netloc.rsplit("@", 1)[1]
-    user = parts.username or ""
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
+    if parts.password:
+        netloc = parts.netloc.rsplit("@", 1)[1]
+        parts = parts._replace(netloc=f"{parts.username or ''}:***@{netloc}")
+    if parts.query:
+        pairs = [
+            (key, "***" if key.lower() in ("password", "passfile") else value)
+            for key, value in parse_qsl(parts.query, keep_blank_values=True)
+        ]
+        parts = parts._replace(query=urlencode(pairs, safe="/*"))
+    # Joined by hand: urlunsplit drops an empty authority ("postgresql:///db" -> ":/db").
+    query = f"?{parts.query}" if parts.query else ""
+    fragment = f"#{parts.fragment}" if parts.fragment else ""
+    return f"{parts.scheme}://{parts.netloc}{parts.path}{query}{fragment}"
 
 
 @contextlib.asynccontextmanager

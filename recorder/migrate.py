@@ -7,15 +7,17 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Connection
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from recorder.database import DatabaseTarget
-from recorder.errors import SchemaOutOfDateError
+from recorder.errors import DatabaseError, SchemaOutOfDateError
 
 
 def migrations_dir() -> Path:
@@ -37,10 +39,17 @@ def head_revision() -> str:
 async def _with_connection(target: DatabaseTarget, work: Callable[[Connection], Any]) -> Any:
     engine = create_async_engine(target.sqlalchemy_url)
     try:
-        async with engine.connect() as connection:
+        connection = engine.connect()
+        try:
+            await connection.start()
+        except (OSError, TimeoutError, DBAPIError, asyncpg.PostgresError) as exc:
+            raise DatabaseError(f"cannot connect to {target.describe()}: {exc}") from exc
+        try:
             result = await connection.run_sync(work)
             await connection.commit()
             return result
+        finally:
+            await connection.close()
     finally:
         await engine.dispose()
 

@@ -245,6 +245,7 @@ class EventWriter:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), 0.5)
             self.head = int(await connection.fetchval(sql.HEAD))
+            await _warn_if_not_durable(connection)
         except BaseException:
             connection.terminate()
             raise
@@ -362,6 +363,13 @@ class EventWriter:
         # Wake every waiter, then arm a fresh event for the next commit.
         self._head_changed.set()
         self._head_changed = asyncio.Event()
+
+
+async def _warn_if_not_durable(connection: asyncpg.Connection) -> None:
+    settings = dict(await connection.fetch(sql.SERVER_SETTINGS))
+    for name in ("fsync", "full_page_writes"):
+        if settings.get(name) == "off":
+            log.error("PostgreSQL has %s = off: committed events can be lost in a crash", name)
 
 
 def quarantine_event(event: EventRecord, error: str) -> QuarantinedFrame:
