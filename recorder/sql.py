@@ -78,3 +78,17 @@ SERVER_SETTINGS = """
 SELECT name, setting FROM pg_settings
 WHERE name IN ('fsync', 'synchronous_commit', 'full_page_writes', 'server_version')
 """
+
+SESSION_OPENED = """
+INSERT INTO sessions (session_id, account_id, consumer_id, identity_name, url, opened_at)
+VALUES ($1::uuid, $2, $3, $4, $5, to_timestamp($6))
+ON CONFLICT (session_id) DO NOTHING
+"""
+
+SESSION_CLOSED = """
+UPDATE sessions
+SET closed_at = now(), close_code = $2, close_reason = $3, frames = $4, events = $5,
+    last_clock_rtt_ms = $6, last_clock_at = CASE WHEN $6::double precision IS NULL
+                                                 THEN last_clock_at ELSE now() END
+WHERE session_id = $1::uuid
+"""

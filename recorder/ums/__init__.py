@@ -1,0 +1,1 @@
+"""Client for the consumer UMS websocket (LivePerson Messaging Window API)."""
