@@ -35,8 +35,15 @@ async def _run_with_settings() -> None:
     from recorder.config import load_settings
     from recorder.database import open_database
 
+    import asyncpg
+
     async with open_database(load_settings()) as target:
-        engine = create_async_engine(target.sqlalchemy_url)
+        dsn = target.dsn
+
+        async def connect() -> asyncpg.Connection:
+            return await asyncpg.connect(dsn)
+
+        engine = create_async_engine("postgresql+asyncpg://", async_creator=connect)
         try:
             async with engine.connect() as connection:
                 await connection.run_sync(_configure)

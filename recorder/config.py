@@ -6,6 +6,7 @@ Every setting is declared once in `SETTINGS`; the README table and its test are 
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
 import tomllib
@@ -95,6 +96,8 @@ def _text(value: Any, name: str) -> str:
 
 
 def _positive_int(value: Any, name: str) -> int:
+    if isinstance(value, bool | float):
+        raise ConfigError(name, f"must be a whole number, got {value!r}")
     try:
         number = int(value)
     except (TypeError, ValueError):
@@ -105,10 +108,14 @@ def _positive_int(value: Any, name: str) -> int:
 
 
 def _non_negative_float(value: Any, name: str) -> float:
+    if isinstance(value, bool):
+        raise ConfigError(name, f"must be a number, got {value!r}")
     try:
         number = float(value)
     except (TypeError, ValueError):
         raise ConfigError(name, f"must be a number, got {value!r}") from None
+    if not math.isfinite(number):
+        raise ConfigError(name, f"must be a finite number, got {value!r}")
     if number < 0:
         raise ConfigError(name, f"must not be negative, got {number}")
     return number
@@ -148,7 +155,10 @@ def _url(*schemes: str) -> Callable[[Any, str], str]:
 
 def _database_url(value: Any, name: str) -> Secret:
     text = _text(value, name)
-    scheme = urlsplit(text).scheme
+    try:
+        scheme = urlsplit(text).scheme
+    except ValueError:
+        raise ConfigError(name, "is not a valid URL") from None
     if scheme not in ("postgresql", "postgres", "postgresql+asyncpg"):
         # The URL may hold a password: name the setting, never echo the value.
         raise ConfigError(name, "must be a postgresql:// URL")
@@ -279,7 +289,10 @@ def _toml_key(spec: SettingSpec) -> str:
 
 def _read_secret_file(path_text: str, name: str) -> str:
     path = _readable_file(path_text, name)
-    content = path.read_text(encoding="utf-8").strip()
+    try:
+        content = path.read_text(encoding="utf-8").strip()
+    except UnicodeDecodeError:
+        raise ConfigError(name, f"file {str(path)!r} is not UTF-8 text") from None
     if not content:
         raise ConfigError(name, f"file {str(path)!r} is empty")
     return content

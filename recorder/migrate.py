@@ -12,6 +12,7 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from alembic.util.exc import CommandError
 from sqlalchemy import Connection
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import create_async_engine
@@ -37,7 +38,12 @@ def head_revision() -> str:
 
 
 async def _with_connection(target: DatabaseTarget, work: Callable[[Connection], Any]) -> Any:
-    engine = create_async_engine(target.sqlalchemy_url)
+    # asyncpg parses the URL itself, so libpq-style parameters (sslmode=…) work as they do
+    # for the writer; SQLAlchemy would pass them on as unknown keyword arguments.
+    async def connect() -> Any:
+        return await asyncpg.connect(target.dsn)
+
+    engine = create_async_engine("postgresql+asyncpg://", async_creator=connect)
     try:
         connection = engine.connect()
         try:
@@ -48,6 +54,10 @@ async def _with_connection(target: DatabaseTarget, work: Callable[[Connection], 
             result = await connection.run_sync(work)
             await connection.commit()
             return result
+        except (DBAPIError, asyncpg.PostgresError) as exc:
+            raise DatabaseError(f"database error on {target.describe()}: {exc}") from exc
+        except CommandError as exc:
+            raise DatabaseError(f"migration failed on {target.describe()}: {exc}") from exc
         finally:
             await connection.close()
     finally:

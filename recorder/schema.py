@@ -100,6 +100,8 @@ quarantine = Table(
     Column("consumer_id", Text),
     Column("raw", LargeBinary, nullable=False),
     Column("error", Text, nullable=False),
+    Column("dedupe_key", LargeBinary, nullable=False),
+    Index("quarantine_dedupe_key_key", "dedupe_key", unique=True),
 )
 
 projection_positions = Table(

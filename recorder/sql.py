@@ -1,5 +1,6 @@
 """Every SQL statement recorder runs on its hot paths, in one place."""
 
+# recorded_at is clock_timestamp(), read after the lock, so it follows commit order.
 # Positions come from the one-row log_head counter inside the writer's transaction, under
 # LOCK TABLE events IN EXCLUSIVE MODE: contiguous, in commit order, and a rollback burns none.
 LOCK_EVENTS = "LOCK TABLE events IN EXCLUSIVE MODE"
@@ -36,7 +37,7 @@ INSERT INTO events (
 )
 SELECT
     head.position - (SELECT count(*) FROM fresh) + f.n,
-    to_timestamp(f.received_at), now(), f.account_id, f.consumer_id, f.session_id::uuid,
+    to_timestamp(f.received_at), clock_timestamp(), f.account_id, f.consumer_id, f.session_id::uuid,
     f.kind, f.type, f.change_type, f.conversation_id, f.dialog_id, f.sequence,
     f.originator_id, to_timestamp(f.server_ts), f.dedupe_key, f.payload::jsonb
 FROM fresh f CROSS JOIN head
@@ -47,9 +48,24 @@ RETURNING position, dedupe_key
 HEAD = "SELECT position FROM log_head WHERE id = 1"
 
 INSERT_QUARANTINE = """
-INSERT INTO quarantine (received_at, session_id, account_id, consumer_id, raw, error)
-VALUES (to_timestamp($1), $2::uuid, $3, $4, $5, $6)
+INSERT INTO quarantine (received_at, session_id, account_id, consumer_id, raw, error, dedupe_key)
+VALUES (to_timestamp($1), $2::uuid, $3, $4, $5, $6, $7)
+ON CONFLICT (dedupe_key) DO NOTHING
 """
+
+# After a lost commit acknowledgement: which of a batch's keys did the failed attempt store?
+STORED_SINCE = """
+SELECT dedupe_key, position FROM events
+WHERE dedupe_key = ANY($1::bytea[]) AND position > $2
+"""
+
+LEADER_LOCK_HOLDER = """
+SELECT pid FROM pg_locks
+WHERE locktype = 'advisory' AND granted
+  AND ((classid::bigint << 32) | objid::bigint) = $1
+"""
+
+QUARANTINE_COUNT = "SELECT count(*) FROM quarantine"
 
 TRY_LEADER_LOCK = "SELECT pg_try_advisory_lock($1)"
 

@@ -61,7 +61,7 @@ async def read_status(target: DatabaseTarget) -> Status:
                 head = int(await connection.fetchval(sql.HEAD))
                 positions = {r["name"]: r["position"] for r in await connection.fetch(
                     sql.PROJECTION_POSITIONS)}
-                quarantined = int(await connection.fetchval("SELECT count(*) FROM quarantine"))
+                quarantined = int(await connection.fetchval(sql.QUARANTINE_COUNT))
             except asyncpg.UndefinedTableError:
                 head = None
     finally:

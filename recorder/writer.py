@@ -17,14 +17,16 @@ import dataclasses
 import logging
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 import asyncpg
 
 from recorder import sql
+from recorder.appender import AppendResult, BatchAppender, LogIntegrityError, QueueItem
 from recorder.database import DatabaseTarget, mask_url
 from recorder.errors import WriterStoppedError
-from recorder.events import EventRecord, QuarantinedFrame
+
+__all__ = ["AppendResult", "EventWriter", "LogIntegrityError", "WriterStats"]
 
 log = logging.getLogger(__name__)
 
@@ -43,31 +45,15 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.exceptions.LockNotAvailableError,
 )
 
-# Errors caused by the rows themselves: the batch is bisected and the bad rows quarantined.
-# Any other database error (permissions, a missing table) stops the writer loudly.
-DATA_ERRORS: tuple[type[BaseException], ...] = (
-    asyncpg.exceptions.DataError,
-    asyncpg.exceptions.IntegrityConstraintViolationError,
-    asyncpg.exceptions.ProgramLimitExceededError,
-)
-
-QueueItem = EventRecord | QuarantinedFrame
-
-
-@dataclasses.dataclass
-class AppendResult:
-    """What one committed batch did. Duplicates were already in the log: they are durable too."""
-
-    stored: list[tuple[int, EventRecord]] = dataclasses.field(default_factory=list)
-    duplicates: list[EventRecord] = dataclasses.field(default_factory=list)
-    quarantined: list[QuarantinedFrame] = dataclasses.field(default_factory=list)
-    head: int = 0
-
-    def merge(self, other: AppendResult) -> None:
-        self.stored.extend(other.stored)
-        self.duplicates.extend(other.duplicates)
-        self.quarantined.extend(other.quarantined)
-        self.head = max(self.head, other.head)
+#: Server-side settings of the writer's session. The TCP settings make the server drop the
+#: session of a writer whose network vanished, so its advisory lock does not outlive it.
+WRITER_SESSION_SETTINGS = {
+    "synchronous_commit": "on",
+    "tcp_keepalives_idle": "10",
+    "tcp_keepalives_interval": "5",
+    "tcp_keepalives_count": "3",
+    "tcp_user_timeout": "30000",
+}
 
 
 @dataclasses.dataclass
@@ -92,6 +78,7 @@ class EventWriter:
         lock_key: int = LEADER_LOCK_KEY,
         drain_timeout_s: float = 10.0,
         max_backoff_s: float = 5.0,
+        command_timeout_s: float = 60.0,
     ) -> None:
         self._target = target
         self.queue: asyncio.Queue[QueueItem] = asyncio.Queue(maxsize=queue_size)
@@ -100,21 +87,24 @@ class EventWriter:
         self._lock_key = lock_key
         self._drain_timeout = drain_timeout_s
         self._max_backoff = max_backoff_s
+        self._command_timeout = command_timeout_s
         self._listeners: list[Callable[[AppendResult], None]] = []
         self._connection: asyncpg.Connection | None = None
         self._head_changed = asyncio.Event()
-        self._running = False
+        self._accepting = True
+        self._stopped = False
         self._drain_deadline: float | None = None
         self.head = 0
         self.is_leader = False
         self.stats = WriterStats()
+        self._appender = BatchAppender(lambda: self.head, self._count_fallback)
 
     # -- producer side ---------------------------------------------------------------------------
 
     async def put(self, item: QueueItem) -> None:
         """Queue one event (or quarantined frame); waits while the queue is full."""
-        if not self._running:
-            raise WriterStoppedError("the event writer is not running")
+        if not self._accepting:
+            raise WriterStoppedError("the event writer is stopping")
         await self.queue.put(item)
 
     def add_listener(self, listener: Callable[[AppendResult], None]) -> None:
@@ -124,6 +114,8 @@ class EventWriter:
     async def wait_for_head(self, position: int) -> int:
         """Wait until everything up to `position` is committed; return the head."""
         while self.head < position:
+            if self._stopped:
+                raise WriterStoppedError(f"the writer stopped at {self.head}, before {position}")
             await self._head_changed.wait()
         return self.head
 
@@ -131,13 +123,14 @@ class EventWriter:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Write until `stop` is set, then drain what is queued (bounded by the drain timeout)."""
-        self._running = True
+        self._accepting = True
+        self._stopped = False
         self._drain_deadline = None
         unwritten = 0
         try:
             while True:
                 if stop.is_set():
-                    self._running = False  # refuse new work; finish what is queued
+                    self._accepting = False  # refuse new work; finish what is queued
                     if self._drain_deadline is None:
                         self._drain_deadline = time.monotonic() + self._drain_timeout
                     elif time.monotonic() > self._drain_deadline:
@@ -149,7 +142,9 @@ class EventWriter:
                     unwritten = len(batch)
                     break
         finally:
-            self._running = False
+            self._accepting = False
+            self._stopped = True
+            self._head_changed.set()  # waiters learn that no more commits are coming
             unwritten += self.queue.qsize()
             if unwritten:
                 # Not lost upstream: cursors advance only after commit, so these are re-fetched.
@@ -200,12 +195,15 @@ class EventWriter:
     async def _commit_with_retry(self, batch: list[QueueItem], stop: asyncio.Event) -> bool:
         """Commit the batch, retrying through outages. False if stopping forced us to give up."""
         attempt = 0
+        head_before = self.head
         while True:
             try:
                 connection = await self._leader_connection(stop)
                 if connection is None:
                     return False
-                result = await self._append_items(connection, batch)
+                # After a failure the last attempt may have committed without our hearing.
+                committed_after = head_before if attempt else None
+                result = await self._appender.append(connection, batch, committed_after)
                 self._publish(result)
                 return True
             except TRANSIENT_ERRORS as exc:
@@ -231,13 +229,20 @@ class EventWriter:
             return self._connection
         self.is_leader = False
         connection = await asyncpg.connect(
-            self._target.dsn, server_settings={"synchronous_commit": "on"}, timeout=10
+            self._target.dsn,
+            server_settings=WRITER_SESSION_SETTINGS,
+            timeout=10,
+            command_timeout=self._command_timeout,
         )
         try:
             waiting_logged = False
             while not await connection.fetchval(sql.TRY_LEADER_LOCK, self._lock_key):
                 if not waiting_logged:
-                    log.warning("another writer holds the event log; waiting, passive")
+                    holder = await connection.fetchval(sql.LEADER_LOCK_HOLDER, self._lock_key)
+                    log.warning(
+                        "another writer (backend pid %s) holds the event log; waiting, passive",
+                        holder,
+                    )
                     waiting_logged = True
                 if stop.is_set():
                     await connection.close()
@@ -271,79 +276,8 @@ class EventWriter:
             except Exception:
                 connection.terminate()
 
-    async def _append_items(
-        self, connection: asyncpg.Connection, items: Sequence[QueueItem]
-    ) -> AppendResult:
-        events = [item for item in items if isinstance(item, EventRecord)]
-        frames = [item for item in items if isinstance(item, QuarantinedFrame)]
-        try:
-            return await self._append_batch(connection, events, frames)
-        except DATA_ERRORS as exc:
-            log.warning(
-                "batch of %d events failed (%s: %s); bisecting to find the bad rows",
-                len(events), type(exc).__name__, exc,
-            )
-            self.stats.row_fallbacks += 1
-        result = AppendResult(head=self.head)
-        if frames:
-            result.merge(await self._append_batch(connection, [], frames))
-        result.merge(await self._append_bisecting(connection, events))
-        return result
-
-    async def _append_bisecting(
-        self, connection: asyncpg.Connection, events: Sequence[EventRecord]
-    ) -> AppendResult:
-        """Halve a failing batch until the failing rows stand alone; quarantine those."""
-        if not events:
-            return AppendResult(head=self.head)
-        try:
-            return await self._append_batch(connection, events, [])
-        except DATA_ERRORS as exc:
-            if len(events) == 1:
-                frame = quarantine_event(events[0], f"{type(exc).__name__}: {exc}")
-                return await self._append_batch(connection, [], [frame])
-        middle = len(events) // 2
-        result = await self._append_bisecting(connection, events[:middle])
-        result.merge(await self._append_bisecting(connection, events[middle:]))
-        return result
-
-    async def _append_batch(
-        self,
-        connection: asyncpg.Connection,
-        events: Sequence[EventRecord],
-        frames: Sequence[QuarantinedFrame],
-    ) -> AppendResult:
-        unique: dict[bytes, EventRecord] = {}
-        duplicates: list[EventRecord] = []
-        for event in events:
-            if event.dedupe_key in unique:
-                duplicates.append(event)
-            else:
-                unique[event.dedupe_key] = event
-        fresh = list(unique.values())
-        result = AppendResult(duplicates=duplicates, quarantined=list(frames))
-        async with connection.transaction():
-            if frames:
-                await connection.executemany(
-                    sql.INSERT_QUARANTINE,
-                    [
-                        (f.received_at, f.session_id, f.account_id, f.consumer_id, f.raw, f.error)
-                        for f in frames
-                    ],
-                )
-            if fresh:
-                await connection.execute(sql.LOCK_EVENTS)
-                rows = await connection.fetch(sql.APPEND_BATCH, *_columns(fresh))
-                stored_keys = {row["dedupe_key"]: row["position"] for row in rows}
-                for event in fresh:
-                    position = stored_keys.get(event.dedupe_key)
-                    if position is None:
-                        result.duplicates.append(event)
-                    else:
-                        result.stored.append((position, event))
-        if result.stored:
-            result.head = result.stored[-1][0]
-        return result
+    def _count_fallback(self) -> None:
+        self.stats.row_fallbacks += 1
 
     def _publish(self, result: AppendResult) -> None:
         self.stats.batches += 1
@@ -372,31 +306,3 @@ async def _warn_if_not_durable(connection: asyncpg.Connection) -> None:
             log.error("PostgreSQL has %s = off: committed events can be lost in a crash", name)
 
 
-def quarantine_event(event: EventRecord, error: str) -> QuarantinedFrame:
-    return QuarantinedFrame(
-        received_at=event.received_at,
-        raw=event.payload.encode("utf-8", "surrogatepass"),
-        error=error,
-        session_id=event.session_id,
-        account_id=event.account_id,
-        consumer_id=event.consumer_id,
-    )
-
-
-def _columns(events: Sequence[EventRecord]) -> tuple[list[object], ...]:
-    return (
-        [e.received_at for e in events],
-        [e.account_id for e in events],
-        [e.consumer_id for e in events],
-        [e.session_id for e in events],
-        [e.kind for e in events],
-        [e.type for e in events],
-        [e.change_type for e in events],
-        [e.conversation_id for e in events],
-        [e.dialog_id for e in events],
-        [e.sequence for e in events],
-        [e.originator_id for e in events],
-        [e.server_ts for e in events],
-        [e.dedupe_key for e in events],
-        [e.payload for e in events],
-    )

@@ -339,3 +339,33 @@ def test_unusable_embedded_state_dir_exits_1_without_traceback(tmp_path: Path) -
     assert str(blocker) in result.stderr
     assert "Traceback" not in result.stderr
     assert result.stdout == ""
+
+
+def test_libpq_style_url_parameters_work(tmp_path: Path, empty_database: DatabaseTarget) -> None:
+    separator = "&" if "?" in empty_database.dsn else "?"
+    url = f"{empty_database.dsn}{separator}sslmode=disable"
+    env = {"RECORDER_DATABASE_URL": url}
+    ok(recorder(tmp_path, "migrate", env=env))
+    assert status_json(tmp_path, env=env)["schema_revision"] == HEAD
+
+
+def test_a_database_error_after_connecting_is_reported_without_traceback(
+    tmp_path: Path, database: DatabaseTarget
+) -> None:
+    # A schema at an unknown revision: alembic cannot upgrade it.
+    import asyncio
+
+    import asyncpg
+
+    async def corrupt() -> None:
+        connection = await asyncpg.connect(database.dsn)
+        try:
+            await connection.execute("UPDATE alembic_version SET version_num = 'nonexistent'")
+        finally:
+            await connection.close()
+
+    asyncio.run(corrupt())
+    result = recorder(tmp_path, "migrate", env={"RECORDER_DATABASE_URL": database.dsn})
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert "recorder:" in result.stderr

@@ -299,3 +299,104 @@ async def test_stop_drains_what_is_queued(database: DatabaseTarget, db: asyncpg.
     stop.set()
     await asyncio.wait_for(task, 30)
     assert await assert_log_contiguous(db) == 3000
+
+
+async def test_lock_table_keeps_two_writers_from_storing_the_same_key(
+    database: DatabaseTarget, db: asyncpg.Connection
+) -> None:
+    # Both writers get the same events. Without LOCK TABLE their NOT EXISTS checks race and
+    # one batch dies on the unique index; with it, the second simply finds them stored.
+    writers = [EventWriter(database, lock_key=k, batch_size=100, batch_wait_ms=5) for k in (1, 2)]
+    events = [message_event("shared", i) for i in range(3000)]
+    async with running(writers[0]), running(writers[1]):
+        await asyncio.gather(*(feed_all(w, events) for w in writers))
+        await wait_until(
+            lambda: sum(w.stats.stored + w.stats.duplicates for w in writers) == 6000
+        )
+    assert await assert_log_contiguous(db) == 3000
+    assert [w.stats.row_fallbacks for w in writers] == [0, 0]
+    assert sum(w.stats.stored for w in writers) == 3000
+    assert await db.fetchval("SELECT count(*) FROM quarantine") == 0
+
+
+async def feed_all(writer: EventWriter, events: list[EventRecord]) -> None:
+    for event in events:
+        await writer.put(event)
+
+
+async def test_retry_after_a_lost_commit_ack_reports_what_was_stored(
+    database: DatabaseTarget, db: asyncpg.Connection
+) -> None:
+    from recorder.appender import BatchAppender
+    from recorder.events import QuarantinedFrame
+
+    connection = await asyncpg.connect(database.dsn)
+    try:
+        appender = BatchAppender(lambda: 0, lambda: None)
+        frame = QuarantinedFrame(received_at=1.0, raw=b"not json", error="malformed")
+        batch = [frame, *(message_event("conv-ack", i) for i in range(5))]
+        first = await appender.append(connection, batch)
+        # The same batch again, as after a connection lost between COMMIT and its reply.
+        again = await appender.append(connection, batch, committed_after=0)
+    finally:
+        await connection.close()
+    assert [p for p, _ in first.stored] == [1, 2, 3, 4, 5]
+    assert [p for p, _ in again.stored] == [1, 2, 3, 4, 5]
+    assert again.duplicates == []
+    assert await db.fetchval("SELECT count(*) FROM quarantine") == 1
+    assert await assert_log_contiguous(db) == 5
+
+
+async def test_rows_that_even_quarantine_cannot_take_as_is_are_kept(
+    database: DatabaseTarget, db: asyncpg.Connection
+) -> None:
+    bad_session = message_event("conv-q", 1, session_id="not-a-uuid")
+    bad_text = message_event("conv-q", 2)
+    bad_text.consumer_id = "nul\x00inside"
+    writer = EventWriter(database)
+    async with running(writer):
+        await writer.put(message_event("conv-q", 0))
+        await writer.put(bad_session)
+        await writer.put(bad_text)
+        await writer.put(message_event("conv-q", 3))
+        await asyncio.wait_for(writer.wait_for_head(2), 30)
+        await wait_until(lambda: writer.stats.quarantined == 2)
+    rows = await db.fetch("SELECT raw, session_id, consumer_id FROM quarantine ORDER BY id")
+    assert {r["raw"] for r in rows} == {bad_session.payload.encode(), bad_text.payload.encode()}
+    assert all(r["session_id"] is None or r["consumer_id"] is not None for r in rows)
+    assert await assert_log_contiguous(db) == 2
+
+
+async def test_a_log_that_disagrees_with_its_head_stops_the_writer(
+    database: DatabaseTarget, db: asyncpg.Connection
+) -> None:
+    from recorder.writer import LogIntegrityError
+
+    writer = EventWriter(database)
+    stop = asyncio.Event()
+    task = asyncio.create_task(writer.run(stop))
+    await writer.put(message_event("conv-t", 0))
+    await asyncio.wait_for(writer.wait_for_head(1), 30)
+    await db.execute("UPDATE log_head SET position = position - 1")  # as after a bad restore
+    await writer.put(message_event("conv-t", 1))
+    with pytest.raises(LogIntegrityError):
+        await asyncio.wait_for(task, 30)
+    assert await db.fetchval("SELECT count(*) FROM quarantine") == 0
+    assert await db.fetchval("SELECT count(*) FROM events") == 1
+
+
+async def test_waiters_learn_when_the_writer_stops(database: DatabaseTarget) -> None:
+    from recorder.errors import WriterStoppedError
+
+    writer = EventWriter(database)
+    await writer.put(message_event("conv-w", 0))  # accepted before run() starts
+    stop = asyncio.Event()
+    task = asyncio.create_task(writer.run(stop))
+    await asyncio.wait_for(writer.wait_for_head(1), 30)
+    waiter = asyncio.create_task(writer.wait_for_head(5))
+    stop.set()
+    await asyncio.wait_for(task, 30)
+    with pytest.raises(WriterStoppedError):
+        await asyncio.wait_for(waiter, 5)
+    with pytest.raises(WriterStoppedError):
+        await writer.put(message_event("conv-w", 1))

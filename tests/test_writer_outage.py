@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import shutil
 import tempfile
 import time
@@ -49,9 +50,13 @@ def private_server() -> Iterator[PrivateServer]:
 
     data_dir = Path(tempfile.mkdtemp(prefix="recorder-crash-"))
     server = get_server(data_dir, cleanup_mode="delete")
+    private = PrivateServer(server)
     try:
-        yield PrivateServer(server)
+        yield private
     finally:
+        # pgserver only knows the process it started; stop the restarted one ourselves.
+        with contextlib.suppress(Exception):
+            private._pg_ctl("-w", "stop", "-m", "fast")
         server.cleanup()
         shutil.rmtree(data_dir, ignore_errors=True)
 
@@ -78,8 +83,9 @@ async def test_writer_survives_a_postgres_crash_and_restart(private_server: Priv
 
     await asyncio.wait_for(writer.wait_for_head(2000), 30)
     await asyncio.to_thread(private_server.crash)
+    await asyncio.sleep(0.5)  # let a commit acknowledged just before the crash be published
     head_at_crash = writer.head
-    await asyncio.sleep(2.0)  # the producer fills the bounded queue and blocks meanwhile
+    await asyncio.sleep(1.5)  # the producer fills the bounded queue and blocks meanwhile
     assert writer.queue.qsize() == 500
     assert writer.head == head_at_crash
     await asyncio.to_thread(private_server.start)

@@ -96,7 +96,9 @@ def upgrade() -> None:
         sa.Column("consumer_id", sa.Text),
         sa.Column("raw", sa.LargeBinary, nullable=False),
         sa.Column("error", sa.Text, nullable=False),
+        sa.Column("dedupe_key", sa.LargeBinary, nullable=False),
     )
+    op.create_index("quarantine_dedupe_key_key", "quarantine", ["dedupe_key"], unique=True)
 
     op.create_table(
         "projection_positions",
