@@ -32,10 +32,10 @@ def _configure(connection: Connection) -> None:
 
 
 async def _run_with_settings() -> None:
+    import asyncpg
+
     from recorder.config import load_settings
     from recorder.database import open_database
-
-    import asyncpg
 
     async with open_database(load_settings()) as target:
         dsn = target.dsn

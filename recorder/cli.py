@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import sys
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
@@ -21,6 +22,7 @@ from recorder.config import Settings, load_settings
 from recorder.database import open_database
 from recorder.errors import RecorderError
 from recorder.logs import configure_logging
+from recorder.simulator import cli as simulator_cli
 from recorder.status import read_status
 
 log = logging.getLogger("recorder")
@@ -50,6 +52,10 @@ async def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+async def cmd_simulate(settings: Settings, args: argparse.Namespace) -> int:
+    return await simulator_cli.run_simulator(args, default_account=settings.account)
+
+
 def _global_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--config", metavar="FILE", help="TOML configuration file [env: RECORDER_CONFIG]"
@@ -72,6 +78,22 @@ def _global_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def mirror_environment(parser: argparse.ArgumentParser, prefix: str) -> None:
+    """Give every option of `parser` a `{prefix}{DEST}` environment mirror (flag wins)."""
+    for action in parser._actions:
+        if not action.option_strings or action.dest in ("help", "version"):
+            continue
+        name = f"{prefix}{action.dest.upper()}"
+        action.help = f"{action.help or ''} [env: {name}]".strip()
+        value = os.environ.get(name)
+        if value is None:
+            continue
+        if isinstance(action, argparse._StoreTrueAction):
+            action.default = value.strip().lower() in ("1", "true", "yes", "on")
+        else:
+            action.default = value  # argparse applies the option's type to string defaults
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="recorder",
@@ -91,6 +113,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     status_parser.add_argument("--json", action="store_true", help="print JSON instead of text")
     status_parser.set_defaults(handler=cmd_status)
+
+    simulate_parser = commands.add_parser(
+        "simulate", help="run the LivePerson UMS simulator (websocket, CSDS, IdP) until stopped"
+    )
+    simulator_cli.add_arguments(simulate_parser)
+    mirror_environment(simulate_parser, "RECORDER_SIMULATE_")
+    simulate_parser.set_defaults(handler=cmd_simulate)
     return parser
 
 

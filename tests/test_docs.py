@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
+
 from recorder.cli import build_parser
 from recorder.config import CONFIG_ENV, SETTINGS
 
@@ -47,3 +49,19 @@ def test_readme_opens_with_the_install_and_test_commands_that_ci_runs() -> None:
     ci = (ROOT / ".ci" / "run").read_text()
     assert ".venv/bin/pip install -q -e '.[dev]'" in ci
     assert "\n.venv/bin/pytest " in ci
+
+
+def test_every_simulate_option_has_an_environment_mirror(monkeypatch: pytest.MonkeyPatch) -> None:
+    parser = build_parser()
+    commands = next(a for a in parser._actions if a.dest == "command").choices
+    simulate = commands["simulate"]
+    options = [a for a in simulate._actions if a.option_strings and a.dest != "help"]
+    assert len(options) > 10
+    for action in options:
+        assert f"[env: RECORDER_SIMULATE_{action.dest.upper()}]" in (action.help or "")
+    monkeypatch.setenv("RECORDER_SIMULATE_SEED", "42")
+    monkeypatch.setenv("RECORDER_SIMULATE_NO_CLOCK", "true")
+    args = build_parser().parse_args(["simulate"])
+    assert (args.seed, args.no_clock) == (42, True)
+    args = build_parser().parse_args(["simulate", "--seed", "7"])
+    assert args.seed == 7, "the flag wins over the environment"

@@ -66,6 +66,8 @@ class CloseInfo:
     code: int | None
     reason: str
     error: str | None = None
+    #: True when recorder closed the socket (stop, keepalive, renewal), False for the server.
+    by_client: bool = False
 
     @property
     def needs_fresh_token(self) -> bool:
@@ -110,6 +112,7 @@ class UmsConnection:
         self._pending: dict[str, asyncio.Future[Response]] = {}
         self._handling = False
         self._close_reason = ""
+        self._closed_by_us: tuple[int, str] | None = None
         self.opened_at = time.time()
         self.frames = 0
         self.events = 0
@@ -181,10 +184,13 @@ class UmsConnection:
                 if not waiter.done():
                     waiter.set_exception(ConnectionClosed("the socket closed before the response"))
             self._pending.clear()
+        if self._closed_by_us is not None:
+            return CloseInfo(*self._closed_by_us, error=error, by_client=True)
         return CloseInfo(self.ws.close_code, self._close_reason, error)
 
     async def close(self, code: int = 1000, reason: str = "") -> None:
-        self._close_reason = reason
+        if self._closed_by_us is None and not self.ws.closed:
+            self._closed_by_us = (code, reason)
         await self.ws.close(code=code, message=reason.encode())
 
     async def _dispatch(self, data: str | bytes, received_at: float) -> None:

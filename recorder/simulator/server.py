@@ -1,0 +1,227 @@
+"""The simulator's HTTP side, on one real port: UMS websocket, CSDS, IdP signup, file storage.
+
+`Hub` keeps the open connections and turns each model change into frames per connection:
+an ExConversation UPSERT/DELETE per matching subscription (rendered for that connection's
+features) and a messaging notification per socket subscribed to the dialog.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import hmac
+import logging
+import random
+import secrets
+import time
+from typing import TYPE_CHECKING
+
+import orjson
+from aiohttp import WSMsgType, web
+
+from recorder.simulator import wire
+from recorder.simulator.connection import Connection
+from recorder.simulator.model import Conversation, Dialog, Json, new_uuid
+from recorder.simulator.requests import handle_text
+from recorder.simulator.tokens import Identity, TokenError, parse_authorization
+
+if TYPE_CHECKING:
+    from recorder.simulator.core import Simulator
+
+log = logging.getLogger(__name__)
+
+WS_PATH = "/ws_api/account/{account}/messaging/consumer"
+CSDS_PATH = "/api/account/{account}/service/{service}/baseURI.json"
+SIGNUP_PATH = "/api/account/{account}/signup"
+FILES_PATH = "/v1/{path:.*}"
+#: `swift` (object storage) is UNCONFIRMED as a CSDS name; served so file downloads can work.
+CSDS_SERVICES = frozenset({"asyncMessagingEnt", "idp", "swift"})
+#: A 1x1 PNG, returned for files nobody uploaded (e.g. ones an agent "shared").
+TINY_PNG = base64.b64decode(
+    "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNkYPhfDwAChwGA60e6kgAAAABJRU5ErkJggg=="
+)
+
+
+class Hub:
+    def __init__(self) -> None:
+        self.connections: dict[int, Connection] = {}
+        self._next_id = 1
+
+    def new_id(self) -> int:
+        conn_id, self._next_id = self._next_id, self._next_id + 1
+        return conn_id
+
+    def of_consumer(self, consumer: str) -> list[Connection]:
+        return [c for c in self.connections.values() if c.consumer == consumer and not c.closed]
+
+    def conversation_changed(self, conv: Conversation) -> None:
+        for conn in self.of_consumer(conv.consumer):
+            for sub in list(conn.ex_subscriptions.values()):
+                if conv.matches(sub.conv_states, sub.stages, sub.min_ts):
+                    change_type = "UPSERT"
+                    sub.visible.add(conv.conv_id)
+                elif conv.conv_id in sub.visible:
+                    change_type = "DELETE"  # it left the subscription's filter
+                    sub.visible.discard(conv.conv_id)
+                else:
+                    continue
+                change = {"type": change_type, "result": conv.result(conn.multi_dialog)}
+                frame = wire.ex_conversation_notification(sub.subscription_id, [change])
+                conn.send(frame, conv_key=conv.conv_id, upsert=change_type == "UPSERT")
+
+    def event_added(self, conv: Conversation, dialog: Dialog, change: Json, stored: bool) -> None:
+        frame = wire.messaging_notification([change])
+        for conn in self.of_consumer(conv.consumer):
+            if dialog.dialog_id in conn.dialog_subscriptions:
+                conn.send(frame)
+
+
+class FileStore:
+    """Swift-style temp URLs: `relativePath` plus `temp_url_sig`/`temp_url_expires` (§10)."""
+
+    def __init__(self, account: str, rng: random.Random) -> None:
+        self.account = account
+        self._rng = rng
+        self._secret = secrets.token_bytes(16)
+        self.data: dict[str, bytes] = {}
+
+    def new_path(self, consumer: str, file_type: str) -> str:
+        now = time.time()
+        millis = int(now * 1000) % 1000
+        stamp = time.strftime("%d-%m-%Y_%H-%M-%S", time.gmtime(now)) + f"-{millis:03d}"
+        name = f"{consumer}_uuid_{new_uuid(self._rng)}_{stamp}.{file_type}"
+        return f"/v1/AUTH_async-images/{self.account}/{name}"
+
+    def signed(self, path: str, ttl_s: int = 60) -> Json:
+        expires = str(int(time.time()) + ttl_s)
+        params = {"temp_url_sig": self._sign(path, expires), "temp_url_expires": expires}
+        return {"relativePath": path, "queryParams": params}
+
+    def check(self, path: str, sig: str, expires: str) -> bool:
+        if not expires.isdigit() or int(expires) < time.time():
+            return False
+        return hmac.compare_digest(sig, self._sign(path, expires))
+
+    def _sign(self, path: str, expires: str) -> str:
+        return hmac.new(self._secret, f"{path}\n{expires}".encode(), hashlib.sha1).hexdigest()
+
+
+class SimServer:
+    def __init__(self, sim: Simulator) -> None:
+        self.sim = sim
+        self.hub = Hub()
+        self.app = web.Application()
+        self.app.router.add_get(WS_PATH, self._websocket)
+        self.app.router.add_get(CSDS_PATH, self._csds)
+        self.app.router.add_post(SIGNUP_PATH, self._signup)
+        self.app.router.add_route("GET", FILES_PATH, self._file)
+        self.app.router.add_route("PUT", FILES_PATH, self._file)
+        self._runner: web.AppRunner | None = None
+        self.host = "127.0.0.1"
+        self.port = 0
+
+    async def start(self, host: str, port: int) -> None:
+        runner = web.AppRunner(self.app, access_log=None, shutdown_timeout=2.0)
+        await runner.setup()
+        await web.TCPSite(runner, host, port).start()
+        self._runner = runner
+        self.host, self.port = host, int(runner.addresses[0][1])
+        log.info("simulator listening on %s:%s", self.host, self.port)
+
+    async def stop(self) -> None:
+        connections = list(self.hub.connections.values())
+        await asyncio.gather(
+            *(c.close(1001, "simulator shutting down") for c in connections),
+            return_exceptions=True,
+        )
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    # -- UMS websocket ---------------------------------------------------------------------------
+
+    async def _websocket(self, request: web.Request) -> web.StreamResponse:
+        sim = self.sim
+        if request.match_info["account"] != sim.account:
+            raise web.HTTPNotFound(text="unknown account")
+        if request.query.get("v") != "3":
+            raise web.HTTPBadRequest(text="unsupported or missing API version: use v=3")
+        identity: Identity | None = None
+        header = request.headers.get("Authorization")
+        if header is not None:
+            token = parse_authorization(header)
+            if token is None:
+                raise web.HTTPUnauthorized(text="Authorization must be 'jwt <token>'")
+            try:
+                identity = sim.tokens.verify(token)
+            except TokenError as exc:
+                # Answered on the upgrade itself: no websocket is opened.
+                raise web.HTTPUnauthorized(text=str(exc)) from exc
+        ws = web.WebSocketResponse(timeout=2.0, max_msg_size=16 * 1024 * 1024)
+        await ws.prepare(request)
+        conn = Connection(sim, self.hub.new_id(), ws, request.transport)
+        properties = request.headers.get("Client-Properties")
+        if properties:
+            self._header_properties(conn, properties)
+        if identity is not None:
+            conn.authenticate(identity)
+        else:
+            conn.spawn(self._require_init(conn))
+        self.hub.connections[conn.id] = conn
+        try:
+            async for message in ws:
+                if message.type == WSMsgType.TEXT:
+                    await handle_text(sim, conn, message.data)
+                else:
+                    log.warning("connection %s: ignoring a %s frame", conn.id, message.type.name)
+        finally:
+            self.hub.connections.pop(conn.id, None)
+            await conn.shutdown()
+        return ws
+
+    @staticmethod
+    def _header_properties(conn: Connection, raw: str) -> None:
+        try:
+            properties = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            log.warning("connection %s: Client-Properties is not JSON; ignored", conn.id)
+            return
+        if isinstance(properties, dict):
+            conn.set_client_properties(properties)
+
+    async def _require_init(self, conn: Connection) -> None:
+        # A header-less socket must authenticate with InitConnection within the grace period.
+        await asyncio.sleep(self.sim.init_timeout_s)
+        if conn.identity is None:
+            await conn.close(4401, "InitConnection not received")
+
+    # -- REST ------------------------------------------------------------------------------------
+
+    async def _csds(self, request: web.Request) -> web.Response:
+        account = request.match_info["account"]
+        service = request.match_info["service"]
+        if account != self.sim.account or service not in CSDS_SERVICES:
+            raise web.HTTPNotFound(text="unknown account or service")
+        host = request.host if self.host in ("0.0.0.0", "::", "") else f"{self.host}:{self.port}"
+        entry = {"service": service, "account": account, "baseURI": host}
+        return web.json_response({"baseURIs": [entry]} if self.sim.csds_list_shape else entry)
+
+    async def _signup(self, request: web.Request) -> web.Response:
+        if request.match_info["account"] != self.sim.account:
+            raise web.HTTPNotFound(text="unknown account")
+        token = self.sim.issue_token(ttl_s=self.sim.signup_ttl_s, unauthenticated=True)
+        return web.json_response({"jwt": token})
+
+    async def _file(self, request: web.Request) -> web.Response:
+        files = self.sim.files
+        sig = request.query.get("temp_url_sig", "")
+        expires = request.query.get("temp_url_expires", "")
+        if not files.check(request.path, sig, expires):
+            raise web.HTTPUnauthorized(text="temp URL invalid or expired")
+        if request.method == "PUT":
+            files.data[request.path] = await request.read()
+            return web.Response(status=201)
+        body = files.data.get(request.path, TINY_PNG)
+        return web.Response(body=body, content_type="application/octet-stream")
+
