@@ -74,6 +74,9 @@ sessions = Table(
     Column("close_reason", Text),
     Column("frames", BigInteger, nullable=False, server_default=text("0")),
     Column("events", BigInteger, nullable=False, server_default=text("0")),
+    Column("duplicates", BigInteger, nullable=False, server_default=text("0")),
+    Column("quarantined", BigInteger, nullable=False, server_default=text("0")),
+    Column("last_frame_at", TIMESTAMPTZ),
     Column("last_clock_rtt_ms", Double),
     Column("last_clock_at", TIMESTAMPTZ),
 )

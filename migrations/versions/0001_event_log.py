@@ -72,6 +72,9 @@ def upgrade() -> None:
         sa.Column("close_reason", sa.Text),
         sa.Column("frames", sa.BigInteger, nullable=False, server_default=sa.text("0")),
         sa.Column("events", sa.BigInteger, nullable=False, server_default=sa.text("0")),
+        sa.Column("duplicates", sa.BigInteger, nullable=False, server_default=sa.text("0")),
+        sa.Column("quarantined", sa.BigInteger, nullable=False, server_default=sa.text("0")),
+        sa.Column("last_frame_at", TIMESTAMPTZ),
         sa.Column("last_clock_rtt_ms", sa.Double),
         sa.Column("last_clock_at", TIMESTAMPTZ),
     )
