@@ -159,6 +159,7 @@ class BatchAppender:
                         result.duplicates.append(event)
                     else:
                         result.stored.append((position, event))
+                await _advance_cursors(connection, result.stored)
         if result.stored:
             result.head = result.stored[-1][0]
         return result
@@ -175,6 +176,27 @@ class BatchAppender:
             await connection.executemany(
                 sql.INSERT_QUARANTINE, [minimal_quarantine_row(f) for f in frames]
             )
+
+async def _advance_cursors(
+    connection: asyncpg.Connection, stored: Sequence[tuple[int, EventRecord]]
+) -> None:
+    latest: dict[str, EventRecord] = {}
+    for _, event in stored:
+        if event.kind != "messaging" or event.sequence is None or event.dialog_id is None:
+            continue
+        seen = latest.get(event.dialog_id)
+        if seen is None or (seen.sequence or 0) < event.sequence:
+            latest[event.dialog_id] = event
+    if latest:
+        events = list(latest.values())
+        await connection.execute(
+            sql.ADVANCE_CURSORS,
+            [e.dialog_id for e in events],
+            [e.conversation_id for e in events],
+            [e.consumer_id for e in events],
+            [e.sequence for e in events],
+        )
+
 
 def _columns(events: Sequence[EventRecord]) -> tuple[list[object], ...]:
     return (

@@ -52,6 +52,24 @@ async def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+async def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
+    from recorder.daemon import run_daemon  # late: the daemon pulls in every component
+
+    return await run_daemon(settings)
+
+
+async def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
+    from recorder.demo import run_demo
+
+    return await run_demo(settings, args)
+
+
+async def cmd_rebuild(settings: Settings, args: argparse.Namespace) -> int:
+    from recorder.rebuild import rebuild_command
+
+    return await rebuild_command(settings, args)
+
+
 async def cmd_simulate(settings: Settings, args: argparse.Namespace) -> int:
     return await simulator_cli.run_simulator(args, default_account=settings.account)
 
@@ -103,6 +121,27 @@ def build_parser() -> argparse.ArgumentParser:
     _global_options(parser)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
+    run_parser = commands.add_parser(
+        "run", help="record: subscribe every identity, append to the log, project, until stopped"
+    )
+    run_parser.set_defaults(handler=cmd_run)
+
+    from recorder import demo
+
+    demo_parser = commands.add_parser(
+        "demo", help="record from a built-in simulator with live traffic (embedded PostgreSQL)"
+    )
+    demo.add_arguments(demo_parser)
+    demo_parser.set_defaults(handler=cmd_demo)
+
+    from recorder import rebuild
+
+    rebuild_parser = commands.add_parser(
+        "rebuild", help="replay the log into fresh projection tables; compare or swap them"
+    )
+    rebuild.add_rebuild_arguments(rebuild_parser)
+    rebuild_parser.set_defaults(handler=cmd_rebuild)
+
     migrate_parser = commands.add_parser(
         "migrate", help="upgrade the database schema to this version's head"
     )
@@ -118,8 +157,10 @@ def build_parser() -> argparse.ArgumentParser:
         "simulate", help="run the LivePerson UMS simulator (websocket, CSDS, IdP) until stopped"
     )
     simulator_cli.add_arguments(simulate_parser)
-    mirror_environment(simulate_parser, "RECORDER_SIMULATE_")
     simulate_parser.set_defaults(handler=cmd_simulate)
+
+    for name, subparser in commands.choices.items():
+        mirror_environment(subparser, f"RECORDER_{name.upper()}_")
     return parser
 
 

@@ -40,3 +40,24 @@ class EmbeddedPostgresError(DatabaseError):
 
 class WriterStoppedError(RecorderError):
     """An event was offered to a writer that is not running."""
+
+
+class ProjectionError(RecorderError):
+    """The projection could not apply the log."""
+
+
+class ProjectionConflictError(ProjectionError):
+    """The saved projection position moved under us: another projector is applying the log."""
+
+    def __init__(self, name: str, expected: int, found: int | None) -> None:
+        self.name = name
+        self.expected = expected
+        self.found = found
+        super().__init__(
+            f"projection {name!r}: expected saved position {expected}, found {found}; "
+            "another projector is applying the log (only one may run per database)"
+        )
+
+
+class RebuildError(ProjectionError):
+    """`recorder rebuild` could not finish."""

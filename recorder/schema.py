@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     CheckConstraint,
     Column,
     Double,
@@ -84,8 +85,8 @@ sessions = Table(
 dialog_cursors = Table(
     "dialog_cursors",
     metadata,
-    Column("conversation_id", Text, primary_key=True),
     Column("dialog_id", Text, primary_key=True),
+    Column("conversation_id", Text),
     Column("consumer_id", Text, nullable=False),
     Column("last_sequence", BigInteger, nullable=False, server_default=text("-1")),
     Column("state", Text),
@@ -130,3 +131,100 @@ export_runs = Table(
     Column("error", Text),
     Index("export_runs_job_started_idx", "job", "started_at"),
 )
+
+# The projection (design.md section 3): current state folded from the log by recorder.projection.
+# Times are timestamptz from the payload's epoch ms (0 or absent → NULL); the *_ts bigints are
+# the platform's versions, kept raw because last-writer-wins compares them.
+conversations = Table(
+    "conversations",
+    metadata,
+    Column("conversation_id", Text, primary_key=True),
+    Column("account_id", Text),
+    Column("consumer_id", Text),  # the recording identity (JWT sub) of the first event seen
+    Column("brand_id", Text),
+    Column("skill_id", Text),
+    Column("state", Text),
+    Column("stage", Text),
+    Column("close_reason", Text),
+    Column("start_ts", TIMESTAMPTZ),
+    Column("end_ts", TIMESTAMPTZ),
+    Column("meta_data_last_update_ts", BigInteger),  # LWW version of the state shown
+    Column("state_position", BigInteger),  # log position of that UPSERT; NULL: none seen yet
+    Column("csat_rate", Integer),
+    Column("csat_resolution_confirmation", Boolean),
+    Column("csat_status", Text),
+    Column("ttr_type", Text),
+    Column("ttr_value", BigInteger),
+    Column("effective_ttr", TIMESTAMPTZ),
+    Column("deleted", Boolean, nullable=False, server_default=text("false")),
+    Column("deleted_ts", BigInteger),
+    Column("transfers", JSONB, nullable=False, server_default=text("'[]'::jsonb")),
+    Column("assignments", JSONB),  # [[ts, position, skill, [agents]], ...]: input of transfers
+    Column("details", JSONB),  # conversationDetails of the winning UPSERT, verbatim
+    Column("first_position", BigInteger, nullable=False),
+    Column("last_position", BigInteger, nullable=False),
+    Column("updated_at", TIMESTAMPTZ, nullable=False, server_default=text("now()")),
+    Index("conversations_state_idx", "state"),
+    Index("conversations_consumer_id_idx", "consumer_id"),
+    Index("conversations_updated_at_idx", "updated_at"),
+)
+
+dialogs = Table(
+    "dialogs",
+    metadata,
+    Column("dialog_id", Text, primary_key=True),
+    Column("conversation_id", Text, nullable=False),
+    Column("dialog_type", Text),
+    Column("channel_type", Text),
+    Column("state", Text),
+    Column("creation_ts", TIMESTAMPTZ),
+    Column("end_ts", TIMESTAMPTZ),
+    Column("closed_by", Text),
+    Column("closed_cause", Text),
+    Column("meta_data_last_update_ts", BigInteger),
+    Column("participants", JSONB),  # participantsDetails as [{id, role, state}]
+    Index("dialogs_conversation_id_idx", "conversation_id"),
+)
+
+participants = Table(
+    "participants",
+    metadata,
+    Column("conversation_id", Text, primary_key=True),
+    Column("participant_id", Text, primary_key=True),
+    Column("role", Text, primary_key=True),
+    Column("state", Text),
+)
+
+messages = Table(
+    "messages",
+    metadata,
+    Column("dialog_id", Text, primary_key=True),
+    Column("sequence", BigInteger, primary_key=True, autoincrement=False),
+    Column("conversation_id", Text),
+    Column("originator_id", Text),
+    Column("originator_role", Text),
+    Column("event_type", Text),
+    Column("content_type", Text),
+    Column("text", Text),
+    Column("rich_content", JSONB),
+    Column("file", JSONB),
+    Column("metadata", JSONB),
+    Column("audience", Text),
+    Column("event", JSONB),  # the raw event, only for types the projection does not interpret
+    Column("server_ts", TIMESTAMPTZ),
+    Column("position", BigInteger, nullable=False),
+    Index("messages_conversation_dialog_sequence_idx", "conversation_id", "dialog_id", "sequence"),
+)
+
+receipts = Table(
+    "receipts",
+    metadata,
+    Column("dialog_id", Text, primary_key=True),
+    Column("sequence", BigInteger, primary_key=True, autoincrement=False),
+    Column("participant_id", Text, primary_key=True),
+    Column("status", Text, primary_key=True),
+    Column("server_ts", TIMESTAMPTZ),
+    Column("position", BigInteger, nullable=False),
+)
+
+PROJECTION_TABLES = (conversations, dialogs, participants, messages, receipts)

@@ -95,16 +95,79 @@ SELECT name, setting FROM pg_settings
 WHERE name IN ('fsync', 'synchronous_commit', 'full_page_writes', 'server_version')
 """
 
-SESSION_OPENED = """
-INSERT INTO sessions (session_id, account_id, consumer_id, identity_name, url, opened_at)
-VALUES ($1::uuid, $2, $3, $4, $5, to_timestamp($6))
-ON CONFLICT (session_id) DO NOTHING
+# One idempotent statement for opening, progress and closing: a session whose first write
+# failed (the database was down) still gets its whole row on a later one.
+SESSION_UPSERT = """
+INSERT INTO sessions (
+    session_id, account_id, consumer_id, identity_name, url, opened_at, frames, events,
+    duplicates, quarantined, last_frame_at, last_clock_rtt_ms, last_clock_at,
+    closed_at, close_code, close_reason
+) VALUES (
+    $1::uuid, $2, $3, $4, $5, to_timestamp($6), $7, $8, $9, $10, to_timestamp($11),
+    $12::double precision, CASE WHEN $12::double precision IS NULL THEN NULL ELSE now() END,
+    to_timestamp($13), $14, $15
+)
+ON CONFLICT (session_id) DO UPDATE SET
+    frames = EXCLUDED.frames, events = EXCLUDED.events, duplicates = EXCLUDED.duplicates,
+    quarantined = EXCLUDED.quarantined, last_frame_at = EXCLUDED.last_frame_at,
+    last_clock_rtt_ms = coalesce(EXCLUDED.last_clock_rtt_ms, sessions.last_clock_rtt_ms),
+    last_clock_at = coalesce(EXCLUDED.last_clock_at, sessions.last_clock_at),
+    closed_at = coalesce(sessions.closed_at, EXCLUDED.closed_at),
+    close_code = coalesce(sessions.close_code, EXCLUDED.close_code),
+    close_reason = coalesce(sessions.close_reason, EXCLUDED.close_reason)
 """
 
-SESSION_CLOSED = """
-UPDATE sessions
-SET closed_at = now(), close_code = $2, close_reason = $3, frames = $4, events = $5,
-    last_clock_rtt_ms = $6, last_clock_at = CASE WHEN $6::double precision IS NULL
-                                                 THEN last_clock_at ELSE now() END
-WHERE session_id = $1::uuid
+# Cursors move in the same transaction as the events they cover: a cursor never runs ahead
+# of what is stored.
+ADVANCE_CURSORS = """
+INSERT INTO dialog_cursors (dialog_id, conversation_id, consumer_id, last_sequence, updated_at)
+SELECT *, now() FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[])
+ON CONFLICT (dialog_id) DO UPDATE
+SET last_sequence = GREATEST(dialog_cursors.last_sequence, EXCLUDED.last_sequence),
+    conversation_id = COALESCE(dialog_cursors.conversation_id, EXCLUDED.conversation_id),
+    updated_at = now()
+"""
+
+LOAD_CURSORS = """
+SELECT dialog_id, conversation_id, consumer_id, last_sequence, updated_at
+FROM dialog_cursors
+"""
+
+# recorder status: the latest session of each identity, with what its sessions stored.
+IDENTITY_STATUS = """
+WITH latest AS (
+    SELECT DISTINCT ON (identity_name) identity_name, consumer_id, session_id, opened_at,
+           closed_at, close_code, close_reason, last_frame_at,
+           extract(epoch FROM now() - coalesce(last_frame_at, opened_at)) AS idle_s
+    FROM sessions ORDER BY identity_name, opened_at DESC
+), totals AS (
+    SELECT identity_name, count(*) AS sessions, sum(duplicates) AS duplicates,
+           sum(quarantined) AS quarantined, max(last_frame_at) AS last_frame_at
+    FROM sessions GROUP BY identity_name
+), stored AS (
+    SELECT s.identity_name, count(*) AS events
+    FROM events e JOIN sessions s ON s.session_id = e.session_id
+    GROUP BY s.identity_name
+)
+SELECT l.identity_name, l.consumer_id, l.session_id::text AS session_id, l.opened_at,
+       l.closed_at, l.close_code, l.close_reason, t.last_frame_at, l.idle_s, t.sessions,
+       coalesce(st.events, 0) AS events, t.duplicates, t.quarantined
+FROM latest l JOIN totals t USING (identity_name) LEFT JOIN stored st USING (identity_name)
+ORDER BY l.identity_name
+"""
+
+# Holes in a dialog's sequence numbers, with the session that delivered the event after the
+# hole (the one connected when it happened). Holes are expected upstream (events the consumer
+# may not see); they are reported, not repaired.
+SEQUENCE_HOLES = """
+SELECT x.dialog_id, x.conversation_id, coalesce(x.previous + 1, 0) AS first_missing,
+       x.sequence - 1 AS last_missing, x.session_id::text AS session_id, s.identity_name AS identity
+FROM (
+    SELECT dialog_id, conversation_id, sequence, session_id,
+           lag(sequence) OVER (PARTITION BY dialog_id ORDER BY sequence) AS previous
+    FROM events WHERE kind = 'messaging' AND sequence IS NOT NULL
+) x LEFT JOIN sessions s ON s.session_id = x.session_id
+WHERE x.sequence > coalesce(x.previous + 1, 0)
+ORDER BY x.dialog_id, x.sequence
+LIMIT $1
 """

@@ -10,6 +10,34 @@ import asyncpg
 from recorder import migrate, sql
 from recorder.database import DatabaseTarget, connect
 
+#: A session silent for longer than this is not called connected (the daemon may be gone).
+STALE_AFTER_S = 90.0
+HOLES_SHOWN = 50
+
+
+@dataclasses.dataclass
+class IdentityStatus:
+    identity: str
+    consumer_id: str | None
+    connection: str  # connected | disconnected | stale
+    session_id: str
+    last_frame_at: str | None
+    sessions: int
+    events: int
+    duplicates: int
+    quarantined: int
+    last_close: str | None
+
+
+@dataclasses.dataclass
+class SequenceHole:
+    identity: str | None
+    dialog_id: str
+    conversation_id: str | None
+    first_missing: int
+    last_missing: int
+    session_id: str
+
 
 @dataclasses.dataclass
 class Status:
@@ -21,6 +49,8 @@ class Status:
     log_head: int | None
     projection_positions: dict[str, int]
     quarantined: int | None
+    identities: list[IdentityStatus] = dataclasses.field(default_factory=list)
+    holes: list[SequenceHole] = dataclasses.field(default_factory=list)
 
     @property
     def schema_current(self) -> bool:
@@ -47,12 +77,49 @@ class Status:
             lines += [f"  {name}: {pos}" for name, pos in self.projection_positions.items()]
         else:
             lines.append("projections:     none yet")
+        for who in self.identities:
+            lines.append(
+                f"identity {who.identity} ({who.consumer_id}): {who.connection}, "
+                f"last frame {who.last_frame_at or 'never'}, {who.events} events stored, "
+                f"{who.duplicates} duplicates dropped, {who.quarantined} quarantined, "
+                f"{who.sessions} sessions" + (f", last close {who.last_close}"
+                                               if who.last_close else "")
+            )
+        if self.holes:
+            lines.append(f"sequence holes (first {HOLES_SHOWN}; expected upstream, reported):")
+            lines += [
+                f"  dialog {h.dialog_id}: {h.first_missing}..{h.last_missing} "
+                f"(session {h.session_id}, identity {h.identity})"
+                for h in self.holes
+            ]
         return "\n".join(lines)
+
+
+def _identity(row: Any) -> IdentityStatus:
+    if row["closed_at"] is not None:
+        connection = "disconnected"
+    elif row["idle_s"] is not None and row["idle_s"] > STALE_AFTER_S:
+        connection = f"stale (no update for {row['idle_s']:.0f}s: is the daemon running?)"
+    else:
+        connection = "connected"
+    last_close = None
+    if row["closed_at"] is not None:
+        last_close = f"{row['close_code']} {row['close_reason'] or ''}".strip()
+    last_frame = row["last_frame_at"]
+    return IdentityStatus(
+        identity=row["identity_name"], consumer_id=row["consumer_id"], connection=connection,
+        session_id=row["session_id"],
+        last_frame_at=None if last_frame is None else last_frame.isoformat(timespec="seconds"),
+        sessions=row["sessions"], events=row["events"], duplicates=int(row["duplicates"] or 0),
+        quarantined=int(row["quarantined"] or 0), last_close=last_close,
+    )
 
 
 async def read_status(target: DatabaseTarget) -> Status:
     revision = await migrate.current_revision(target)
     connection = await connect(target)
+    identities: list[IdentityStatus] = []
+    holes: list[SequenceHole] = []
     try:
         settings = dict(await connection.fetch(sql.SERVER_SETTINGS))
         head = positions = quarantined = None
@@ -62,6 +129,11 @@ async def read_status(target: DatabaseTarget) -> Status:
                 positions = {r["name"]: r["position"] for r in await connection.fetch(
                     sql.PROJECTION_POSITIONS)}
                 quarantined = int(await connection.fetchval(sql.QUARANTINE_COUNT))
+                identities = [_identity(r) for r in await connection.fetch(sql.IDENTITY_STATUS)]
+                holes = [
+                    SequenceHole(**dict(r))
+                    for r in await connection.fetch(sql.SEQUENCE_HOLES, HOLES_SHOWN)
+                ]
             except asyncpg.UndefinedTableError:
                 head = None
     finally:
@@ -75,4 +147,6 @@ async def read_status(target: DatabaseTarget) -> Status:
         log_head=head,
         projection_positions=positions or {},
         quarantined=quarantined,
+        identities=identities,
+        holes=holes,
     )

@@ -51,14 +51,17 @@ def test_readme_opens_with_the_install_and_test_commands_that_ci_runs() -> None:
     assert "\n.venv/bin/pytest " in ci
 
 
-def test_every_simulate_option_has_an_environment_mirror(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_every_command_option_has_an_environment_mirror(monkeypatch: pytest.MonkeyPatch) -> None:
     parser = build_parser()
     commands = next(a for a in parser._actions if a.dest == "command").choices
-    simulate = commands["simulate"]
-    options = [a for a in simulate._actions if a.option_strings and a.dest != "help"]
-    assert len(options) > 10
-    for action in options:
-        assert f"[env: RECORDER_SIMULATE_{action.dest.upper()}]" in (action.help or "")
+    for name, subparser in commands.items():
+        for action in subparser._actions:
+            if action.option_strings and action.dest != "help":
+                env = f"RECORDER_{name.upper()}_{action.dest.upper()}"
+                assert f"[env: {env}]" in (action.help or ""), env
+    for action in parser._actions:  # global options mirror the settings
+        if action.option_strings and action.dest not in ("help", "version"):
+            assert "[env: RECORDER_" in (action.help or ""), action.dest
     monkeypatch.setenv("RECORDER_SIMULATE_SEED", "42")
     monkeypatch.setenv("RECORDER_SIMULATE_NO_CLOCK", "true")
     args = build_parser().parse_args(["simulate"])

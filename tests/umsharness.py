@@ -75,6 +75,9 @@ class MemorySink:
     async def other(self, connection: UmsConnection, frame: Any, received_at: float) -> None:
         self.other.append(frame)
 
+    def known_dialogs(self, consumer_id: str) -> dict[str, str]:
+        return {}
+
     def cursor(self, dialog_id: str) -> int | None:
         sequences = [seq for (dialog, seq) in self.events if dialog == dialog_id]
         return max(sequences) if sequences else None

@@ -81,8 +81,8 @@ def upgrade() -> None:
 
     op.create_table(
         "dialog_cursors",
-        sa.Column("conversation_id", sa.Text, primary_key=True),
         sa.Column("dialog_id", sa.Text, primary_key=True),
+        sa.Column("conversation_id", sa.Text),
         sa.Column("consumer_id", sa.Text, nullable=False),
         sa.Column("last_sequence", sa.BigInteger, nullable=False, server_default=sa.text("-1")),
         sa.Column("state", sa.Text),

@@ -116,6 +116,11 @@ class UmsConnection:
         self.opened_at = time.time()
         self.frames = 0
         self.events = 0
+        self.last_frame_at: float | None = None
+        #: advances with every frame that differs from the one before it; a frame delivered
+        #: twice in a row keeps the epoch, which is how unsequenced duplicates are recognised
+        self.frame_epoch = 0
+        self._previous_frame: str | bytes | None = None
         self.last_clock_rtt_ms: float | None = None
         self.server_time_offset_ms: float | None = None
 
@@ -195,6 +200,10 @@ class UmsConnection:
 
     async def _dispatch(self, data: str | bytes, received_at: float) -> None:
         self.frames += 1
+        self.last_frame_at = received_at
+        if data != self._previous_frame:
+            self.frame_epoch += 1
+            self._previous_frame = data
         try:
             frame = frames.parse_frame(data)
         except MalformedFrame as error:

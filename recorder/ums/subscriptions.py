@@ -42,6 +42,9 @@ class EventSink(Protocol):
 
     def cursor(self, dialog_id: str) -> int | None: ...
 
+    def known_dialogs(self, consumer_id: str) -> dict[str, str]:
+        """Dialogs (id -> conversation id) to follow even if no snapshot names them."""
+
 
 class Subscriber:
     """A SessionHandler that keeps every dialog of every conversation subscribed."""
@@ -57,6 +60,8 @@ class Subscriber:
 
     async def on_connected(self, connection: UmsConnection) -> None:
         self._subscribed[str(connection.session_id)] = set()
+        for dialog_id, conversation_id in self._sink.known_dialogs(connection.consumer_id).items():
+            self.dialogs.setdefault(dialog_id, conversation_id)
         await request_with_retry(
             connection,
             frames.SUBSCRIBE_EX_CONVERSATIONS,

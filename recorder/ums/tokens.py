@@ -76,14 +76,18 @@ class StaticTokenSource:
 
     def __init__(self, name: str, value: str) -> None:
         self.name = name
-        self._token = decode_token(value)
+        self._value = value
+        self._token: ConsumerToken | None = None
 
     async def current(self) -> ConsumerToken:
+        # Decoded on use: a bad token fails its own identity's loop, not the daemon.
+        if self._token is None:
+            self._token = decode_token(self._value)
         return self._token
 
     async def refresh(self) -> ConsumerToken:
         log.warning("identity %s: a fresh token is needed but the token is static", self.name)
-        return self._token
+        return await self.current()
 
 
 class FileTokenSource:

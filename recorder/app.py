@@ -1,0 +1,103 @@
+"""The composition root: builds the daemon's components and wires them together.
+
+Start order: projector, writer, sessions ledger, one client per identity. Stop order is the
+reverse: sockets close first, the ledger writes its counters, the writer flushes and commits
+what was queued, and the projector catches up with it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import aiohttp
+import asyncpg
+
+from recorder import migrate
+from recorder.config import Settings
+from recorder.database import DatabaseTarget
+from recorder.identities import require_recording_settings, token_source
+from recorder.projector import Projector
+from recorder.recording import CursorStore, RecordingSink, load_cursors
+from recorder.supervisor import Supervisor
+from recorder.ums.client import ClientSettings, ConsumerClient
+from recorder.ums.discovery import Discovery
+from recorder.ums.ledger import DatabaseSessionLedger
+from recorder.ums.subscriptions import Subscriber
+from recorder.writer import EventWriter
+
+
+@dataclasses.dataclass
+class App:
+    writer: EventWriter
+    projector: Projector
+    ledger: DatabaseSessionLedger
+    cursors: CursorStore
+    clients: list[ConsumerClient]
+    sinks: list[RecordingSink]
+    supervisor: Supervisor
+
+    async def run(self, stop: asyncio.Event) -> int:
+        return await self.supervisor.run(stop)
+
+
+@contextlib.asynccontextmanager
+async def build_app(
+    settings: Settings,
+    target: DatabaseTarget,
+    *,
+    client_settings: ClientSettings | None = None,
+) -> AsyncIterator[App]:
+    account = require_recording_settings(settings)
+    await migrate.require_current_schema(target)
+    pool = await asyncpg.create_pool(target.dsn, min_size=1, max_size=4)
+    try:
+        async with aiohttp.ClientSession() as http:
+            writer = EventWriter(
+                target,
+                queue_size=settings.queue_size,
+                batch_size=settings.writer_batch_size,
+                batch_wait_ms=settings.writer_batch_wait_ms,
+            )
+            projector = Projector(target)
+            ledger = DatabaseSessionLedger(pool, account)
+            cursors = await load_cursors(pool)
+            writer.add_listener(cursors.committed)
+            writer.add_listener(ledger.committed)
+            writer.add_listener(lambda _: projector.wake())
+
+            discovery = Discovery(settings.csds_url, account, http)
+            ums_url: Callable[[], Awaitable[str]] = discovery.ums_url
+            if settings.ums_url is not None:
+                fixed = settings.ums_url
+
+                async def configured_ums_url() -> str:
+                    return fixed
+
+                ums_url = configured_ums_url
+
+            supervisor = Supervisor()
+            supervisor.add("projector", projector.run, drain_s=30)
+            supervisor.add("writer", writer.run, drain_s=30)
+            supervisor.add("sessions-ledger", ledger.run, drain_s=5)
+            clients: list[ConsumerClient] = []
+            sinks: list[RecordingSink] = []
+            for identity in settings.identities():
+                sink = RecordingSink(writer, cursors, account)
+                client = ConsumerClient(
+                    account=account,
+                    tokens=token_source(identity, account, http, discovery.idp_url),
+                    ums_url=ums_url,
+                    session=http,
+                    handler=Subscriber(sink, client_settings),
+                    ledger=ledger,
+                    settings=client_settings,
+                )
+                supervisor.add(f"identity {identity.name}", client.run, drain_s=10)
+                clients.append(client)
+                sinks.append(sink)
+            yield App(writer, projector, ledger, cursors, clients, sinks, supervisor)
+    finally:
+        await pool.close()

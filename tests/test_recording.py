@@ -1,0 +1,181 @@
+"""From notifications to the log: rows and keys per change, cursors that follow commits,
+malformed frames in quarantine, and the completeness report."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import orjson
+import pytest
+
+from recorder.database import DatabaseTarget
+from recorder.recording import CursorStore, RecordingSink, events_from_notification, load_cursors
+from recorder.status import read_status
+from recorder.ums import frames
+from recorder.ums.frames import Notification
+from recorder.writer import EventWriter
+from tests.helpers import wait_until
+from tests.test_writer import POISON_TRIGGER, running
+
+SHARED = Path(os.environ.get("RECORDER_SHARED_DIR", Path(__file__).resolve().parents[2] / "shared"))
+EXAMPLES = SHARED / "protocol" / "examples"
+
+
+def example(name: str) -> Notification:
+    if not EXAMPLES.is_dir():
+        if os.environ.get("CI"):
+            pytest.fail(f"example frames missing at {EXAMPLES}")
+        pytest.skip(f"no example frames at {EXAMPLES}")
+    frame = frames.parse_frame((EXAMPLES / name).read_text())
+    assert isinstance(frame, Notification)
+    return frame
+
+
+def rows(notification: Notification, session: str = "s1", epoch: int = 1) -> list[Any]:
+    return events_from_notification(
+        notification, account_id="71234567", consumer_id="consumer", session_id=session,
+        received_at=1.0, frame_epoch=epoch,
+    )
+
+
+NOTIFICATION_EXAMPLES = sorted(
+    p.name for p in (EXAMPLES.glob("notif_*.json") if EXAMPLES.is_dir() else [])
+) or ["notif_msg_backfill_batch.json"]
+
+
+@pytest.mark.parametrize("name", NOTIFICATION_EXAMPLES)
+def test_one_row_per_change_with_the_change_verbatim(name: str) -> None:
+    notification = example(name)
+    records = rows(notification)
+    assert len(records) == len(notification.changes)
+    for record, change in zip(records, notification.changes, strict=True):
+        assert orjson.loads(record.payload) == change
+        assert record.type == notification.type
+        assert len(record.dedupe_key) == 16
+        if record.kind == "messaging" and record.sequence is not None:
+            assert record.dialog_id == change["dialogId"]
+
+
+def test_keys_follow_the_source() -> None:
+    replay = rows(example("notif_msg_backfill_batch.json"), session="a")
+    again = rows(example("notif_msg_backfill_batch.json"), session="b", epoch=9)
+    # Sequenced events: the same (dialog, sequence) is the same event, whatever the session.
+    assert [r.dedupe_key for r in replay] == [r.dedupe_key for r in again]
+    upsert = rows(example("notif_exconv_upsert_agent_joined.json"), session="a")
+    assert upsert[0].kind == "conversation" and upsert[0].change_type == "UPSERT"
+    same_change_again = rows(example("notif_exconv_upsert_agent_joined.json"), session="b")
+    assert upsert[0].dedupe_key == same_change_again[0].dedupe_key
+    assert upsert[0].server_ts is not None
+
+
+def test_typing_repeats_are_kept_and_redeliveries_merged() -> None:
+    typing = example("notif_msg_chat_state_composing_agent.json")
+    first, redelivered, later = rows(typing, epoch=5), rows(typing, epoch=5), rows(typing, epoch=8)
+    assert first[0].sequence is None and first[0].change_type == "ChatStateEvent"
+    assert first[0].dedupe_key == redelivered[0].dedupe_key, "the same frame twice in a row"
+    assert first[0].dedupe_key != later[0].dedupe_key, "typing again later is a new event"
+
+
+class FakeConnection:
+    def __init__(self) -> None:
+        self.session_id = uuid.uuid4()
+        self.consumer_id = "consumer-1"
+        self.frame_epoch = 1
+
+
+async def test_cursors_move_only_with_committed_events(
+    database: DatabaseTarget, db: asyncpg.Connection
+) -> None:
+    await db.execute(POISON_TRIGGER)
+    writer = EventWriter(database, batch_wait_ms=20)
+    cursors = CursorStore()
+    writer.add_listener(cursors.committed)
+    sink = RecordingSink(writer, cursors, "71234567")
+    connection: Any = FakeConnection()
+
+    def change(sequence: int, text: str) -> dict[str, Any]:
+        return {"sequence": sequence, "originatorId": "a", "serverTimestamp": 1000 + sequence,
+                "dialogId": "d1", "conversationId": "c1",
+                "event": {"type": "ContentEvent", "contentType": "text/plain", "message": text}}
+
+    def notification(*changes: dict[str, Any]) -> Notification:
+        body = {"changes": list(changes)}
+        return Notification("ms.MessagingEventNotification", "MessagingEventNotification",
+                            body, tuple(changes), None, orjson.dumps(body).decode(), body)
+
+    async with running(writer):
+        await sink.notification(connection, notification(change(0, "a"), change(1, "b")), 1.0)
+        await asyncio.wait_for(writer.wait_for_head(2), 30)
+        assert sink.cursor("d1") == 1
+        await sink.notification(connection, notification(change(2, "poison")), 2.0)
+        await wait_until(lambda: writer.stats.quarantined == 1)
+    assert sink.cursor("d1") == 1, "a rolled-back event must not move the cursor"
+    stored = await db.fetchrow("SELECT last_sequence, conversation_id FROM dialog_cursors")
+    assert tuple(stored) == (1, "c1")
+    pool = await asyncpg.create_pool(database.dsn, min_size=1, max_size=1)
+    try:
+        reloaded = await load_cursors(pool)
+    finally:
+        await pool.close()
+    assert reloaded.cursor("d1") == 1
+    assert reloaded.known_dialogs("consumer-1") == {"d1": "c1"}
+
+
+async def test_malformed_and_other_frames_are_kept(
+    database: DatabaseTarget, db: asyncpg.Connection
+) -> None:
+    writer = EventWriter(database)
+    sink = RecordingSink(writer, CursorStore(), "71234567")
+    connection: Any = FakeConnection()
+    async with running(writer):
+        try:
+            frames.parse_frame(b"\xff not utf-8 {")
+        except frames.MalformedFrame as error:
+            await sink.malformed(connection, error, 1.0)
+        other = frames.parse_frame('{"kind":"surprise","type":"x.New","body":{"a":1}}')
+        await sink.other(connection, other, 2.0)
+        await asyncio.wait_for(writer.wait_for_head(1), 30)
+        await wait_until(lambda: writer.stats.quarantined == 1)
+    raw, session = await db.fetchrow("SELECT raw, session_id::text FROM quarantine")
+    assert raw == b"\xff not utf-8 {" and session == str(connection.session_id)
+    kind, payload = await db.fetchrow("SELECT kind, payload::text FROM events")
+    assert kind == "other" and orjson.loads(payload)["body"] == {"a": 1}
+    assert sink.stats.malformed == 1 and sink.stats.frames == 2
+
+
+async def test_status_reports_identities_and_sequence_holes(
+    database: DatabaseTarget, db: asyncpg.Connection
+) -> None:
+    session = uuid.uuid4()
+    await db.execute(
+        "INSERT INTO sessions (session_id, account_id, consumer_id, identity_name, url, "
+        "frames, events, duplicates, quarantined, last_frame_at) "
+        "VALUES ($1, '71234567', 'consumer-1', 'web', 'ws://x', 9, 8, 2, 1, now())", session,
+    )
+    writer = EventWriter(database)
+    sink = RecordingSink(writer, CursorStore(), "71234567")
+    connection: Any = FakeConnection()
+    connection.session_id = session
+    changes = [
+        {"sequence": s, "originatorId": "a", "serverTimestamp": 1, "dialogId": "d1",
+         "conversationId": "c1", "event": {"type": "ContentEvent", "message": "m"}}
+        for s in (0, 1, 4, 5, 9)
+    ]
+    body = {"changes": changes}
+    async with running(writer):
+        await sink.notification(connection, Notification(
+            "ms.MessagingEventNotification", "MessagingEventNotification", body,
+            tuple(changes), None, "", body), 1.0)
+        await asyncio.wait_for(writer.wait_for_head(5), 30)
+    status = await read_status(database)
+    (identity,) = status.identities
+    assert (identity.identity, identity.connection, identity.events) == ("web", "connected", 5)
+    assert (identity.duplicates, identity.quarantined) == (2, 1)
+    holes = [(h.dialog_id, h.first_missing, h.last_missing, h.session_id) for h in status.holes]
+    assert holes == [("d1", 2, 3, str(session)), ("d1", 6, 8, str(session))]
+    assert "sequence holes" in status.as_text() and "identity web" in status.as_text()
