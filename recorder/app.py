@@ -61,7 +61,9 @@ async def build_app(
                 batch_size=settings.writer_batch_size,
                 batch_wait_ms=settings.writer_batch_wait_ms,
             )
-            projector = Projector(target)
+            # Small folds keep the shared event loop responsive: a 5,000-event fold stalls
+            # every socket for tens of milliseconds (bench/ingest.py profile).
+            projector = Projector(target, batch_size=1000)
             ledger = DatabaseSessionLedger(pool, account)
             cursors = await load_cursors(pool)
             writer.add_listener(cursors.committed)

@@ -16,7 +16,7 @@ import asyncpg
 
 from recorder import migrate
 from recorder.config import ConsumerIdentity, Secret, Settings
-from recorder.daemon import stop_on_signals
+from recorder.daemon import stop_on_signals, tune_garbage_collector
 from recorder.database import DatabaseTarget, mask_url, open_database
 from recorder.simulator import Simulator
 
@@ -88,6 +88,7 @@ async def run_demo(settings: Settings, args: argparse.Namespace) -> int:
                 print("       recorder status      (in another terminal; Ctrl-C stops the demo)",
                       flush=True)
                 async with build_app(demo_settings, target) as app:
+                    tune_garbage_collector()
                     reporter = asyncio.create_task(_progress(target, args.every, stop))
                     if args.duration is not None:
                         asyncio.get_running_loop().call_later(args.duration, stop.set)

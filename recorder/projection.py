@@ -35,6 +35,7 @@ Rules (the property test in tests/test_projection_properties.py holds them to ac
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections.abc import Iterable
 from typing import Any
 
@@ -52,6 +53,8 @@ from recorder.projection_rows import (
     participant_rows,
     state_columns,
 )
+
+log = logging.getLogger(__name__)
 
 PROJECTION_NAME = "conversations"
 _NO_STATE = (None,) * len(q.STATE_COLUMNS)
@@ -130,6 +133,9 @@ async def write_batch(
     which have no primary key yet; recorder.rebuild removes repeats and adds the keys at the
     end, keeping the earliest position as the upserts here do.
     """
+    if batch.unreadable:
+        log.warning("projection skipped %d events it cannot read, at positions %s",
+                    len(batch.unreadable), batch.unreadable[:10])
     stored = await _stored_state(connection, batch)
     rows: list[tuple[Any, ...]] = []
     winners: list[str] = []

@@ -221,6 +221,7 @@ class Batch:
 
     def __init__(self) -> None:
         self.events = 0
+        self.unreadable: list[int] = []  # positions whose payload is not a JSON object to us
         self.conversations: dict[str, ConversationFacts] = {}
         self.messages: dict[tuple[str, int], tuple[Any, ...]] = {}
         self.receipts: dict[tuple[str, int, str, str], tuple[Any, ...]] = {}
@@ -233,16 +234,19 @@ class Batch:
                 conversation_id: str | None, dialog_id: str | None, payload: str) -> None:
         """add() for the columns of a LogRow, spread out: the rebuild's hot loop."""
         self.events += 1
-        if kind == "messaging":
+        if kind != "messaging" and kind != "conversation":
+            return
+        try:
             change = orjson.loads(payload)
-            if isinstance(change, dict):
-                self._messaging_change(position, account_id, consumer_id, conversation_id,
-                                       dialog_id, change)
-        elif kind == "conversation":
-            change = orjson.loads(payload)
-            if isinstance(change, dict):
-                self._conversation_change(position, account_id, consumer_id, conversation_id,
-                                          change)
+        except orjson.JSONDecodeError:  # e.g. 1e400, which jsonb holds: skip it, do not wedge
+            change = None
+        if not isinstance(change, dict):
+            self.unreadable.append(position)
+        elif kind == "messaging":
+            self._messaging_change(position, account_id, consumer_id, conversation_id,
+                                   dialog_id, change)
+        else:
+            self._conversation_change(position, account_id, consumer_id, conversation_id, change)
 
     def _touch(self, conversation_id: str, position: int, account_id: str, consumer_id: str,
                ) -> ConversationFacts:

@@ -34,8 +34,6 @@ from typing import Any, TextIO
 
 import asyncpg
 import orjson
-from sqlalchemy.dialects import postgresql
-from sqlalchemy.schema import CreateIndex, CreateTable
 
 from recorder import migrate
 from recorder import projection_sql as q
@@ -45,30 +43,25 @@ from recorder.errors import RebuildError
 from recorder.projection import PROJECTION_NAME, apply_and_advance
 from recorder.projection_rows import Batch, LogRow
 from recorder.projector import PROJECTOR_LOCK_KEY
-from recorder.schema import PROJECTION_TABLES, messages, projection_positions, receipts
+from recorder.rebuild_tables import (
+    REBUILD_SCHEMA,
+    TableDifference,
+    compare,
+    create_scratch_tables,
+    ident,
+    key_bulk_tables,
+    swap_in,
+)
+
+__all__ = ["REBUILD_LOCK_KEY", "RebuildReport", "TableDifference", "add_rebuild_arguments",
+           "rebuild", "rebuild_command"]
 
 log = logging.getLogger(__name__)
 
-REBUILD_SCHEMA = "recorder_rebuild"
 #: Advisory lock key for "a rebuild is running" (spells "rec-rbld").
 REBUILD_LOCK_KEY = 0x7265632D72626C64
-#: Columns that legitimately differ between the live tables and a rebuild.
-VOLATILE_COLUMNS = frozenset({"updated_at"})
-#: Indexes the fold itself reads through (the rest only serve the read API).
-FOLD_INDEXES = frozenset({"dialogs_conversation_id_idx"})
-EXAMPLES_PER_TABLE = 5
-BULK_TABLES = (messages, receipts)
 
 Progress = Callable[[int, int], None]
-
-
-@dataclasses.dataclass
-class TableDifference:
-    live_rows: int
-    rebuilt_rows: int
-    only_live: int  # rows (all compared columns) in live and not in the rebuild
-    only_rebuilt: int
-    examples: list[str]  # primary keys of differing rows, "/"-joined
 
 
 @dataclasses.dataclass
@@ -124,7 +117,7 @@ async def rebuild(
         live_schema = await admin.fetchval(q.CURRENT_SCHEMA)
         if not live_schema:
             raise RebuildError("no current schema: check the connection's search_path")
-        await _create_scratch_tables(admin)
+        await create_scratch_tables(admin)
         replay = await _Replay.open(target, live_schema, batch_size, progress)
         try:
             await replay.run_to(int(await admin.fetchval(q.HEAD)))
@@ -161,7 +154,7 @@ class _Replay:
     async def open(cls, target: DatabaseTarget, live_schema: str, batch_size: int,
                    progress: Progress | None) -> _Replay:
         # Scratch tables: losing them in a crash loses nothing, so no commit waits for a flush.
-        settings = {"search_path": f"{_ident(REBUILD_SCHEMA)}, {_ident(live_schema)}",
+        settings = {"search_path": f"{ident(REBUILD_SCHEMA)}, {ident(live_schema)}",
                     "synchronous_commit": "off"}
         work = await connect(target, server_settings=settings)
         try:
@@ -208,21 +201,7 @@ class _Replay:
         if not self.bulk:
             return
         started = time.monotonic()
-        async with self._work.transaction():
-            for table in (messages, receipts):
-                key = [c.name for c in table.primary_key.columns]
-                name = f"{REBUILD_SCHEMA}.{table.name}"
-                await self._work.execute(f"""
-                    DELETE FROM {name} t
-                    USING (SELECT {", ".join(key)}, min(position) AS keep FROM {name}
-                           GROUP BY {", ".join(key)} HAVING count(*) > 1) d
-                    WHERE {" AND ".join(f"t.{c} = d.{c}" for c in key)} AND t.position <> d.keep
-                """)
-                to_timestamp = q.ms_to_timestamp("server_ts")
-                await self._work.execute(
-                    f"ALTER TABLE {name} ADD PRIMARY KEY ({', '.join(key)}), "
-                    f"ALTER COLUMN server_ts TYPE timestamptz USING {to_timestamp}"
-                )
+        await key_bulk_tables(self._work)
         self.bulk = False
         self.seconds += time.monotonic() - started
 
@@ -272,9 +251,9 @@ async def _converge(admin: asyncpg.Connection, replay: _Replay, live_schema: str
                 behind = live < replay.position  # and a projector runs: let it catch up
             if live == replay.position:
                 started = time.monotonic()
-                differences = await _compare(admin, live_schema)
+                differences = await compare(admin, live_schema)
                 if swap and differences:
-                    await _swap(admin, live_schema)
+                    await swap_in(admin, live_schema)
                 return RebuildReport(
                     events=0, seconds=0.0, events_per_s=0.0, position=live,
                     equal=not differences, differences=differences,
@@ -305,79 +284,6 @@ async def _wait_for_live(admin: asyncpg.Connection, position: int, deadline: flo
                 "is it stuck? (see `recorder status`)"
             )
         await asyncio.sleep(0.05)
-
-
-async def _create_scratch_tables(admin: asyncpg.Connection) -> None:
-    dialect = postgresql.dialect()  # type: ignore[no-untyped-call]
-
-    def ddl(element: CreateTable | CreateIndex) -> str:
-        return str(element.compile(dialect=dialect, schema_translate_map={None: REBUILD_SCHEMA},
-                                   render_schema_translate=True))
-
-    statements = [f"DROP SCHEMA IF EXISTS {REBUILD_SCHEMA} CASCADE",
-                  f"CREATE SCHEMA {REBUILD_SCHEMA}"]
-    for table in (*PROJECTION_TABLES, projection_positions):
-        # Unlogged: scratch space, which --swap copies into the (logged) live tables anyway.
-        create = ddl(CreateTable(table)).replace("CREATE TABLE", "CREATE UNLOGGED TABLE", 1)
-        statements.append(create)
-        statements += [ddl(CreateIndex(i)) for i in table.indexes if i.name in FOLD_INDEXES]
-        if table in BULK_TABLES:
-            # Keyed after the bulk load (one sort beats a million index inserts), and times
-            # loaded as the epoch ms the fold has (converted once, by the server, at the end).
-            statements.append(f"ALTER TABLE {REBUILD_SCHEMA}.{table.name} "
-                              f"DROP CONSTRAINT {table.name}_pkey, "
-                              "ALTER COLUMN server_ts TYPE bigint USING NULL")
-    async with admin.transaction():
-        for statement in statements:
-            await admin.execute(statement)
-
-
-def _compared_columns(table_name: str) -> tuple[list[str], list[str]]:
-    table = next(t for t in PROJECTION_TABLES if t.name == table_name)
-    columns = [c.name for c in table.columns if c.name not in VOLATILE_COLUMNS]
-    return columns, [c.name for c in table.primary_key.columns]
-
-
-async def _compare(admin: asyncpg.Connection, live_schema: str) -> dict[str, TableDifference]:
-    differences: dict[str, TableDifference] = {}
-    for table in PROJECTION_TABLES:
-        columns, key = _compared_columns(table.name)
-        cols, keys = ", ".join(columns), ", ".join(key)
-        row = await admin.fetchrow(f"""
-            WITH l AS (SELECT {cols} FROM {_ident(live_schema)}.{table.name}),
-                 r AS (SELECT {cols} FROM {REBUILD_SCHEMA}.{table.name}),
-                 only_l AS (SELECT * FROM l EXCEPT ALL SELECT * FROM r),
-                 only_r AS (SELECT * FROM r EXCEPT ALL SELECT * FROM l)
-            SELECT (SELECT count(*) FROM l) AS live_rows, (SELECT count(*) FROM r) AS rebuilt_rows,
-                   (SELECT count(*) FROM only_l) AS only_live,
-                   (SELECT count(*) FROM only_r) AS only_rebuilt,
-                   ARRAY(SELECT DISTINCT concat_ws('/', {keys}) AS k
-                         FROM (SELECT {keys} FROM only_l UNION ALL SELECT {keys} FROM only_r) d
-                         ORDER BY k LIMIT {EXAMPLES_PER_TABLE}) AS examples
-        """)
-        assert row is not None
-        if row["only_live"] or row["only_rebuilt"]:
-            differences[str(table.name)] = TableDifference(
-                row["live_rows"], row["rebuilt_rows"], row["only_live"], row["only_rebuilt"],
-                list(row["examples"]),
-            )
-    return differences
-
-
-async def _swap(admin: asyncpg.Connection, live_schema: str) -> None:
-    live = _ident(live_schema)
-    names = ", ".join(f"{live}.{t.name}" for t in PROJECTION_TABLES)
-    await admin.execute(f"TRUNCATE {names}")
-    for table in PROJECTION_TABLES:
-        cols = ", ".join(c.name for c in table.columns)
-        await admin.execute(
-            f"INSERT INTO {live}.{table.name} ({cols}) "
-            f"SELECT {cols} FROM {REBUILD_SCHEMA}.{table.name}"
-        )
-
-
-def _ident(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
 
 
 # -- the command line ----------------------------------------------------------------------------

@@ -8,6 +8,7 @@ from typing import Any
 
 import asyncpg
 import orjson
+import pytest
 
 from recorder.database import DatabaseTarget
 from recorder.projection import apply_events
@@ -272,6 +273,16 @@ async def test_rich_content_as_text_and_unknown_events(db: asyncpg.Connection) -
     assert (rows[2]["event_type"], rows[2]["content_type"], rows[2]["text"]) == (
         "FutureEvent", None, None)
     assert orjson.loads(rows[2]["event"]) == {"type": "FutureEvent", "shiny": True}
+
+
+async def test_unreadable_payloads_are_skipped_not_fatal(
+        db: asyncpg.Connection, caplog: pytest.LogCaptureFixture) -> None:
+    rows = log_rows([content("c1", 1), content("c1", 2)], [1, 2])
+    rows[0] = rows[0]._replace(payload='{"sequence": 1, "dialogId": ')  # not JSON at all
+    rows.append(rows[1]._replace(position=3, payload="[1, 2]"))
+    await apply_events(db, rows)
+    assert await db.fetchval("SELECT count(*) FROM messages") == 1
+    assert "skipped 2 events it cannot read, at positions [1, 3]" in caplog.text
 
 
 async def test_receipt_before_its_message_and_replays(db: asyncpg.Connection) -> None:
