@@ -202,7 +202,6 @@ WHERE EXCLUDED.position < r.position
 
 # -- locks ---------------------------------------------------------------------------------------
 
-TRY_LOCK = "SELECT pg_try_advisory_lock($1)"
 TRY_XACT_LOCK = "SELECT pg_try_advisory_xact_lock($1)"
 UNLOCK = "SELECT pg_advisory_unlock($1)"
 CURRENT_SCHEMA = "SELECT current_schema()"

@@ -23,8 +23,9 @@ import time
 import asyncpg
 
 from recorder import projection_sql as q
-from recorder.database import DatabaseTarget, mask_url
+from recorder.database import DatabaseTarget
 from recorder.errors import ProjectionConflictError, ProjectionError
+from recorder.leadership import LeaderConnection
 from recorder.projection import PROJECTION_NAME, apply_and_advance, load_position
 from recorder.projection_rows import LogRow
 from recorder.writer import TRANSIENT_ERRORS
@@ -61,15 +62,15 @@ class Projector:
     ) -> None:
         if batch_size <= 0:
             raise ValueError("batch_size must be positive")
-        self._target = target
         self._batch_size = batch_size
         self._poll_interval = poll_interval_s
         self._name = name
-        self._lock_key = lock_key
-        self._command_timeout = command_timeout_s
         self._max_backoff = max_backoff_s
         self._drain_timeout = drain_timeout_s
-        self._connection: asyncpg.Connection | None = None
+        self._leader = LeaderConnection(
+            target, role=f"projector {name!r}", lock_key=lock_key,
+            command_timeout_s=command_timeout_s, on_acquired=self._on_leadership,
+        )
         self._wakeup = asyncio.Event()
         self._advanced = asyncio.Event()
         #: the saved position: every event at or below it is in the tables
@@ -79,8 +80,11 @@ class Projector:
         #: wall-clock time of the last commit, and how long after its newest event was recorded
         self.last_applied_at: float | None = None
         self.lag_s: float | None = None
-        self.is_leader = False
         self.stats = ProjectorStats()
+
+    @property
+    def is_leader(self) -> bool:
+        return self._leader.is_leader
 
     @property
     def lag_events(self) -> int:
@@ -105,7 +109,7 @@ class Projector:
         try:
             while not stop.is_set():
                 try:
-                    connection = await self._leader_connection(stop)
+                    connection = await self._leader.acquire(stop)
                     if connection is None:
                         break
                     # Cleared before reading the head, so a wake-up during the step is kept.
@@ -117,7 +121,7 @@ class Projector:
                 except TRANSIENT_ERRORS as exc:
                     attempt += 1
                     self.stats.retries += 1
-                    self._discard_connection()
+                    self._leader.discard()
                     delay = min(self._max_backoff, 0.1 * 2 ** min(attempt, 10))
                     delay *= random.uniform(0.5, 1.0)
                     log.warning("projector: database unavailable (%s: %s); retrying in %.2fs",
@@ -126,7 +130,7 @@ class Projector:
                         await asyncio.wait_for(stop.wait(), delay)
             await self._final_pass()
         finally:
-            await self._close_connection()
+            await self._leader.close()
 
     async def step(self, connection: asyncpg.Connection) -> bool:
         """Apply the next batch (up to the head) in one transaction. False when caught up."""
@@ -183,52 +187,11 @@ class Projector:
     # -- the connection ------------------------------------------------------------------------
 
     def _require_connection(self) -> asyncpg.Connection:
-        if self._connection is None:
+        if self._leader.connection is None:
             raise ProjectionError("the projector has no database connection")
-        return self._connection
+        return self._leader.connection
 
-    async def _leader_connection(self, stop: asyncio.Event) -> asyncpg.Connection | None:
-        """The projector's connection, holding the projector lock. None if stopped while
-        another projector leads."""
-        if self._connection is not None and not self._connection.is_closed():
-            return self._connection
-        self.is_leader = False
-        connection = await asyncpg.connect(
-            self._target.dsn, timeout=10, command_timeout=self._command_timeout
-        )
-        try:
-            logged = False
-            while not await connection.fetchval(q.TRY_LOCK, self._lock_key):
-                if not logged:
-                    log.warning("another projector holds the projection; waiting, passive")
-                    logged = True
-                if stop.is_set():
-                    await connection.close()
-                    return None
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), 1.0)
-            self.position = await load_position(connection, self._name)
-        except BaseException:
-            connection.terminate()
-            raise
-        self._connection = connection
-        self.is_leader = True
+    async def _on_leadership(self, connection: asyncpg.Connection) -> None:
+        self.position = await load_position(connection, self._name)
         self.stats.connections += 1
-        log.info("projector %r leads on %s at position %d",
-                 self._name, mask_url(self._target.dsn), self.position)
-        return connection
-
-    def _discard_connection(self) -> None:
-        connection, self._connection = self._connection, None
-        self.is_leader = False
-        if connection is not None:
-            connection.terminate()
-
-    async def _close_connection(self) -> None:
-        connection, self._connection = self._connection, None
-        self.is_leader = False
-        if connection is not None and not connection.is_closed():
-            try:
-                await asyncio.wait_for(connection.close(), 2)
-            except Exception:
-                connection.terminate()
+        log.info("projector %r at position %d", self._name, self.position)

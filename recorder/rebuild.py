@@ -35,7 +35,7 @@ from typing import Any, TextIO
 import asyncpg
 import orjson
 
-from recorder import migrate
+from recorder import migrate, sql
 from recorder import projection_sql as q
 from recorder.config import Settings
 from recorder.database import DatabaseTarget, connect, open_database
@@ -112,7 +112,7 @@ async def rebuild(
         raise ValueError("batch_size must be positive")
     admin = await connect(target)
     try:
-        if not await admin.fetchval(q.TRY_LOCK, REBUILD_LOCK_KEY):
+        if not await admin.fetchval(sql.TRY_LEADER_LOCK, REBUILD_LOCK_KEY):
             raise RebuildError("another rebuild is running on this database")
         live_schema = await admin.fetchval(q.CURRENT_SCHEMA)
         if not live_schema:

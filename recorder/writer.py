@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import logging
 import random
@@ -23,8 +22,9 @@ import asyncpg
 
 from recorder import sql
 from recorder.appender import AppendResult, BatchAppender, LogIntegrityError, QueueItem
-from recorder.database import DatabaseTarget, mask_url
+from recorder.database import DatabaseTarget
 from recorder.errors import WriterStoppedError
+from recorder.leadership import LeaderConnection
 
 __all__ = ["AppendResult", "EventWriter", "LogIntegrityError", "WriterStats"]
 
@@ -84,20 +84,25 @@ class EventWriter:
         self.queue: asyncio.Queue[QueueItem] = asyncio.Queue(maxsize=queue_size)
         self._batch_size = batch_size
         self._batch_wait = batch_wait_ms / 1000
-        self._lock_key = lock_key
         self._drain_timeout = drain_timeout_s
         self._max_backoff = max_backoff_s
-        self._command_timeout = command_timeout_s
         self._listeners: list[Callable[[AppendResult], None]] = []
-        self._connection: asyncpg.Connection | None = None
+        self._leader = LeaderConnection(
+            target, role="event log writer", lock_key=lock_key,
+            command_timeout_s=command_timeout_s, server_settings=WRITER_SESSION_SETTINGS,
+            on_acquired=self._on_leadership,
+        )
         self._head_changed = asyncio.Event()
         self._accepting = True
         self._stopped = False
         self._drain_deadline: float | None = None
         self.head = 0
-        self.is_leader = False
         self.stats = WriterStats()
         self._appender = BatchAppender(lambda: self.head, self._count_fallback)
+
+    @property
+    def is_leader(self) -> bool:
+        return self._leader.is_leader
 
     # -- producer side ---------------------------------------------------------------------------
 
@@ -149,7 +154,7 @@ class EventWriter:
             if unwritten:
                 # Not lost upstream: cursors advance only after commit, so these are re-fetched.
                 log.warning("writer stopped with %d queued events not written", unwritten)
-            await self._close_connection()
+            await self._leader.close()
 
     async def _next_batch(self, stop: asyncio.Event, draining: bool) -> list[QueueItem] | None:
         """Up to batch_size items, waiting at most batch_wait after the first.
@@ -198,7 +203,7 @@ class EventWriter:
         head_before = self.head
         while True:
             try:
-                connection = await self._leader_connection(stop)
+                connection = await self._leader.acquire(stop)
                 if connection is None:
                     return False
                 # After a failure the last attempt may have committed without our hearing.
@@ -209,7 +214,7 @@ class EventWriter:
             except TRANSIENT_ERRORS as exc:
                 attempt += 1
                 self.stats.retries += 1
-                self._discard_connection()
+                self._leader.discard()
                 delay = min(self._max_backoff, 0.1 * 2 ** min(attempt, 10))
                 delay *= random.uniform(0.5, 1.0)
                 log.warning(
@@ -223,58 +228,11 @@ class EventWriter:
                         return False
                 await asyncio.sleep(delay)
 
-    async def _leader_connection(self, stop: asyncio.Event) -> asyncpg.Connection | None:
-        """The writer's connection, holding the leader lock. None if stopped while passive."""
-        if self._connection is not None and not self._connection.is_closed():
-            return self._connection
-        self.is_leader = False
-        connection = await asyncpg.connect(
-            self._target.dsn,
-            server_settings=WRITER_SESSION_SETTINGS,
-            timeout=10,
-            command_timeout=self._command_timeout,
-        )
-        try:
-            waiting_logged = False
-            while not await connection.fetchval(sql.TRY_LEADER_LOCK, self._lock_key):
-                if not waiting_logged:
-                    holder = await connection.fetchval(sql.LEADER_LOCK_HOLDER, self._lock_key)
-                    log.warning(
-                        "another writer (backend pid %s) holds the event log; waiting, passive",
-                        holder,
-                    )
-                    waiting_logged = True
-                if stop.is_set():
-                    await connection.close()
-                    return None
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), 0.5)
-            self.head = int(await connection.fetchval(sql.HEAD))
-            await _warn_if_not_durable(connection)
-        except BaseException:
-            connection.terminate()
-            raise
-        self._connection = connection
+    async def _on_leadership(self, connection: asyncpg.Connection) -> None:
+        self.head = int(await connection.fetchval(sql.HEAD))
+        await _warn_if_not_durable(connection)
         self.stats.connections += 1
-        self.is_leader = True
-        log.info("event log writer is leader on %s, head %d", mask_url(self._target.dsn), self.head)
-        return connection
-
-    def _discard_connection(self) -> None:
-        """Drop a connection that failed: it may be mid-protocol, so no goodbye."""
-        connection, self._connection = self._connection, None
-        self.is_leader = False
-        if connection is not None:
-            connection.terminate()
-
-    async def _close_connection(self) -> None:
-        connection, self._connection = self._connection, None
-        self.is_leader = False
-        if connection is not None and not connection.is_closed():
-            try:
-                await asyncio.wait_for(connection.close(), 2)
-            except Exception:
-                connection.terminate()
+        log.info("event log writer at head %d", self.head)
 
     def _count_fallback(self) -> None:
         self.stats.row_fallbacks += 1
