@@ -136,6 +136,8 @@ class ConsumerClient:
         self.connections = 0
         self.closes: list[CloseInfo] = []
         self.token_refreshes = 0
+        #: requests answered 429 on this identity's sessions (all of them, retried or not)
+        self.rate_limited = 0
 
     @property
     def name(self) -> str:
@@ -171,6 +173,9 @@ class ConsumerClient:
             failures += 1
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), delay)
+
+    def _count_rate_limited(self) -> None:
+        self.rate_limited += 1
 
     def _backoff(self, failures: int) -> float:
         ceiling = min(self.settings.backoff_max, self.settings.backoff_initial * 2**failures)
@@ -209,6 +214,7 @@ class ConsumerClient:
             request_timeout=self.settings.request_timeout,
             clock_interval=self.settings.clock_interval,
             clock_timeout=self.settings.clock_timeout,
+            on_rate_limited=self._count_rate_limited,
         )
         self.connection = connection
         self.connections += 1

@@ -14,6 +14,7 @@ import itertools
 import logging
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import aiohttp
@@ -99,6 +100,7 @@ class UmsConnection:
         request_timeout: float = 10.0,
         clock_interval: float = 30.0,
         clock_timeout: float = 10.0,
+        on_rate_limited: Callable[[], None] | None = None,
     ) -> None:
         self.ws = ws
         self.consumer_id = consumer_id
@@ -108,6 +110,8 @@ class UmsConnection:
         self._request_timeout = request_timeout
         self._clock_interval = clock_interval
         self._clock_timeout = clock_timeout
+        #: called for every 429 answer (metrics); must be quick and must not raise
+        self._on_rate_limited = on_rate_limited
         self._ids = itertools.count(1)
         self._pending: dict[str, asyncio.Future[Response]] = {}
         self._handling = False
@@ -158,8 +162,11 @@ class UmsConnection:
         finally:
             self._pending.pop(request_id, None)
         if response.code >= 400:
-            if response.code == 429 and self._pacer is not None:
-                self._pacer.hold(1.0)  # protocol.md section 9: at least 1 s before the next one
+            if response.code == 429:
+                if self._on_rate_limited is not None:
+                    self._on_rate_limited()
+                if self._pacer is not None:
+                    self._pacer.hold(1.0)  # protocol.md section 9: at least 1 s before the next
             raise ResponseError(request_type, response)
         return response
 

@@ -1,0 +1,187 @@
+"""The daemon's Prometheus metrics, served by `GET /metrics` (design.md section 5).
+
+- One `CollectorRegistry` per `Metrics`, not the global one: tests and several apps in one
+  process do not collide.
+- Counters of what the writer committed are fed by its commit listener (`observe_commit`).
+- Everything read from live objects (log head, projection lag, connection state, session
+  closes, 429 answers) is sampled by `refresh()` at render time, so nothing polls in between.
+  Closes and 429s are counted as deltas since the last render: nothing is counted twice.
+- Labels are bounded: event kind, close code, configured identity name. Never a conversation,
+  dialog, session or consumer id.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+
+from recorder.appender import AppendResult
+from recorder.events import KINDS
+
+if TYPE_CHECKING:
+    from recorder.app import App
+    from recorder.projector import Projector
+    from recorder.ums.client import ConsumerClient
+    from recorder.writer import EventWriter
+
+__all__ = ["Metrics"]
+
+#: Events per committed batch (the writer's default batch size is 1,000).
+BATCH_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10_000)
+#: Frame received -> batch committed; the design's budget is p99 <= 10 ms.
+LATENCY_BUCKETS = (
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.events_stored = Counter(
+            "recorder_events_stored", "Events newly stored in the log, by kind.",
+            ["kind"], registry=r,
+        )
+        self.duplicates_dropped = Counter(
+            "recorder_duplicates_dropped",
+            "Events dropped because their key was already in the log or the batch, by kind.",
+            ["kind"], registry=r,
+        )
+        self.frames_quarantined = Counter(
+            "recorder_frames_quarantined",
+            "Frames or events that could not be stored and went to the quarantine table.",
+            registry=r,
+        )
+        self.reconnects = Counter(
+            "recorder_reconnects",
+            "Websocket sessions that ended, by close code (none: dropped without a close "
+            "frame); each is followed by a reconnect unless the daemon is stopping.",
+            ["code"], registry=r,
+        )
+        self.rate_limited = Counter(
+            "recorder_rate_limited", "Requests answered 429 by UMS (retried or not).",
+            registry=r,
+        )
+        self.batch_events = Histogram(
+            "recorder_writer_batch_events",
+            "Items (stored, duplicate and quarantined) per committed writer batch.",
+            buckets=BATCH_BUCKETS, registry=r,
+        )
+        self.commit_latency = Histogram(
+            "recorder_commit_latency_seconds",
+            "Per stored event: time from the frame's arrival (received_at) until its batch "
+            "committed.",
+            buckets=LATENCY_BUCKETS, registry=r,
+        )
+        self.log_head = Gauge(
+            "recorder_log_head", "Position of the newest committed event.", registry=r
+        )
+        self.projection_lag_events = Gauge(
+            "recorder_projection_lag_events",
+            "Events committed to the log but not yet in the projection tables.", registry=r,
+        )
+        self.projection_lag_seconds = Gauge(
+            "recorder_projection_lag_seconds",
+            "For the last batch the projector applied: how long after its newest event was "
+            "recorded it was applied (0 before the first batch).", registry=r,
+        )
+        self.identity_connected = Gauge(
+            "recorder_identity_connected",
+            "1 while the identity has an open websocket session, else 0.",
+            ["identity"], registry=r,
+        )
+        self.last_export = Gauge(
+            "recorder_last_export_timestamp_seconds",
+            "Unix time of the last successful export (0: none yet).", registry=r,
+        )
+        for kind in KINDS:  # every kind shows, at 0, before its first event
+            self.events_stored.labels(kind=kind)
+            self.duplicates_dropped.labels(kind=kind)
+        self._writer: EventWriter | None = None
+        self._projector: Projector | None = None
+        self._clients: list[ConsumerClient] = []
+        #: per client (by position in _clients): closes and 429s already counted
+        self._closes_counted: list[int] = []
+        self._rate_limited_counted: list[int] = []
+
+    # -- wiring --------------------------------------------------------------------------------
+
+    def attach(self, app: App) -> None:
+        """Listen to the writer's commits; sample the projector and the clients at render."""
+        app.writer.add_listener(self.observe_commit)
+        self._writer = app.writer
+        self._projector = app.projector
+        for client in app.clients:
+            self.watch_client(client)
+
+    def watch_client(self, client: ConsumerClient) -> None:
+        """Sample this client's connection state, closes and 429 answers at render time."""
+        self._clients.append(client)
+        self._closes_counted.append(0)
+        self._rate_limited_counted.append(0)
+        self.identity_connected.labels(identity=client.name).set(0)
+
+    # -- inputs --------------------------------------------------------------------------------
+
+    def observe_commit(self, result: AppendResult) -> None:
+        """The writer's commit listener: quick, and never raises on a well-formed result."""
+        committed_at = time.time()
+        for _, event in result.stored:
+            self.events_stored.labels(kind=_kind(event.kind)).inc()
+            self.commit_latency.observe(max(0.0, committed_at - event.received_at))
+        for event in result.duplicates:
+            self.duplicates_dropped.labels(kind=_kind(event.kind)).inc()
+        if result.quarantined:
+            self.frames_quarantined.inc(len(result.quarantined))
+        size = len(result.stored) + len(result.duplicates) + len(result.quarantined)
+        if size:
+            self.batch_events.observe(size)
+        self.log_head.set(result.head)
+
+    def mark_export(self, ts: float) -> None:
+        """An export finished successfully at Unix time `ts` (for the export job)."""
+        self.last_export.set(ts)
+
+    # -- output --------------------------------------------------------------------------------
+
+    def refresh(self) -> None:
+        """Sample the live objects into the gauges and counters."""
+        if self._writer is not None:
+            self.log_head.set(self._writer.head)
+        if self._projector is not None:
+            projector = self._projector
+            head = max(projector.head, self._writer.head if self._writer is not None else 0)
+            self.projection_lag_events.set(max(0, head - projector.position))
+            self.projection_lag_seconds.set(projector.lag_s or 0.0)
+        for index, client in enumerate(self._clients):
+            connection = client.connection
+            connected = connection is not None and not connection.closed
+            self.identity_connected.labels(identity=client.name).set(1 if connected else 0)
+            closes = client.closes
+            for close in closes[self._closes_counted[index]:]:
+                code = "none" if close.code is None else str(close.code)
+                self.reconnects.labels(code=code).inc()
+            self._closes_counted[index] = len(closes)
+            new_429s = client.rate_limited - self._rate_limited_counted[index]
+            if new_429s > 0:
+                self.rate_limited.inc(new_429s)
+            self._rate_limited_counted[index] = client.rate_limited
+
+    def render(self) -> tuple[bytes, str]:
+        """The exposition body and its content type, for `GET /metrics`."""
+        self.refresh()
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+
+def _kind(kind: str) -> str:
+    """The event kind as a label: one of KINDS, whatever the record says."""
+    return kind if kind in KINDS else "other"
