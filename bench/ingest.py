@@ -60,6 +60,7 @@ import inspect
 import logging
 import multiprocessing
 import os
+import socket
 import sys
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -541,6 +542,7 @@ async def running_daemon(
             for n, (_, token) in enumerate(identities, 1)
         ),
         queue_size=args.queue_size,
+        api_listen=f"127.0.0.1:{free_port()}",
         writer_batch_size=args.batch_size,
         writer_batch_wait_ms=args.batch_wait_ms,
     )
@@ -558,6 +560,12 @@ async def running_daemon(
             probe.detach()
             if code != 0:
                 say(f"  WARNING: daemon stopped with failed components: {app.supervisor.failed}")
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
 
 
 def client_settings(args: argparse.Namespace) -> ClientSettings:

@@ -10,15 +10,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from typing import Any
 
 import aiohttp
 import asyncpg
+from aiohttp import web
 
 from recorder import migrate
+from recorder.api import check_listen_allowed, create_app
 from recorder.config import Settings
 from recorder.database import DatabaseTarget
 from recorder.identities import require_recording_settings, token_source
+from recorder.metrics import Metrics
 from recorder.projector import Projector
 from recorder.recording import CursorStore, RecordingSink, load_cursors
 from recorder.supervisor import Supervisor
@@ -38,9 +42,25 @@ class App:
     clients: list[ConsumerClient]
     sinks: list[RecordingSink]
     supervisor: Supervisor
+    metrics: Metrics
 
     async def run(self, stop: asyncio.Event) -> int:
         return await self.supervisor.run(stop)
+
+
+def serve_api(
+    api: web.Application, host: str, port: int
+) -> Callable[[asyncio.Event], Coroutine[Any, Any, None]]:
+    async def serve(stop: asyncio.Event) -> None:
+        runner = web.AppRunner(api, access_log=None)
+        await runner.setup()
+        try:
+            await web.TCPSite(runner, host, port).start()
+            await stop.wait()
+        finally:
+            await runner.cleanup()
+
+    return serve
 
 
 @contextlib.asynccontextmanager
@@ -51,6 +71,9 @@ async def build_app(
     client_settings: ClientSettings | None = None,
 ) -> AsyncIterator[App]:
     account = require_recording_settings(settings)
+    api_host, api_port = settings.api_host_port
+    api_token = None if settings.api_token is None else settings.api_token.reveal()
+    check_listen_allowed(api_host, api_token)
     await migrate.require_current_schema(target)
     pool = await asyncpg.create_pool(target.dsn, min_size=1, max_size=4)
     try:
@@ -100,6 +123,12 @@ async def build_app(
                 supervisor.add(f"identity {identity.name}", client.run, drain_s=10)
                 clients.append(client)
                 sinks.append(sink)
-            yield App(writer, projector, ledger, cursors, clients, sinks, supervisor)
+            metrics = Metrics()
+            api = create_app(pool, token=api_token, metrics_render=metrics.render)
+            # Added last: stopped first, so the API answers until the sockets close.
+            supervisor.add("api", serve_api(api, api_host, api_port), drain_s=5)
+            app = App(writer, projector, ledger, cursors, clients, sinks, supervisor, metrics)
+            metrics.attach(app)
+            yield app
     finally:
         await pool.close()

@@ -78,3 +78,12 @@ async def wait_until(condition: Callable[[], bool], within_s: float = 30.0) -> N
     while not condition():
         assert time.monotonic() < deadline, "condition not reached in time"
         await asyncio.sleep(0.01)
+
+
+def free_port() -> int:
+    """A port nothing listens on right now, for an API a test starts."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])

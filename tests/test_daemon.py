@@ -8,16 +8,18 @@ import signal
 import sys
 from pathlib import Path
 
+import aiohttp
 import asyncpg
 
 from recorder.database import DatabaseTarget
 from recorder.simulator import Simulator
-from tests.helpers import assert_log_contiguous
+from tests.helpers import assert_log_contiguous, free_port
 from tests.umsharness import ACCOUNT, truth
 
 
 def environment(**values: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("RECORDER_")}
+    env["RECORDER_API_LISTEN"] = f"127.0.0.1:{free_port()}"
     env.update(values)
     return env
 
@@ -40,12 +42,14 @@ async def test_run_records_and_stops_cleanly_on_sigterm(
         consumer = sim.new_consumer()
         token_file = tmp_path / "jwt"
         token_file.write_text(sim.issue_token(consumer))
+        port = free_port()
         process = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "recorder", "run",
             env=environment(
                 RECORDER_DATABASE_URL=database.dsn, RECORDER_ACCOUNT=ACCOUNT,
                 RECORDER_UMS_URL=sim.ws_url, RECORDER_CONSUMER_JWT_FILE=str(token_file),
                 RECORDER_STATE_DIR=str(tmp_path / "state"),
+                RECORDER_API_LISTEN=f"127.0.0.1:{port}", RECORDER_API_TOKEN=API_TOKEN,
             ),
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
         )
@@ -53,6 +57,7 @@ async def test_run_records_and_stops_cleanly_on_sigterm(
             traffic = sim.start_traffic([consumer], 2, rate=200, total_events=300)
             await asyncio.wait_for(traffic, 30)
             await wait_for_rows(db, truth(sim, consumer))
+            await check_api(f"http://127.0.0.1:{port}")
         finally:
             process.send_signal(signal.SIGTERM)
             _, stderr = await asyncio.wait_for(process.communicate(), 60)
@@ -63,6 +68,34 @@ async def test_run_records_and_stops_cleanly_on_sigterm(
     assert closed >= 1, "the socket was closed, not dropped"
     projected = await db.fetchval("SELECT position FROM projection_positions")
     assert projected == await db.fetchval("SELECT position FROM log_head")
+
+
+API_TOKEN = "smoke-test-api-token-0123456789"
+
+
+async def check_api(base: str) -> None:
+    """The real process serves the read API: open /livez, bearer auth everywhere else."""
+    auth = {"Authorization": f"Bearer {API_TOKEN}"}
+    async with aiohttp.ClientSession() as http:
+        for _ in range(100):  # the API starts with the daemon; give it a moment
+            try:
+                async with http.get(f"{base}/livez") as reply:
+                    if reply.status == 200:
+                        break
+            except aiohttp.ClientConnectionError:
+                await asyncio.sleep(0.1)
+        async with http.get(f"{base}/conversations") as reply:
+            assert reply.status == 401
+        async with http.get(f"{base}/conversations", headers=auth) as reply:
+            assert reply.status == 200
+            page = await reply.json()
+            assert page["items"], "recorded conversations are served"
+        conversation = page["items"][0]["conversation_id"]
+        async with http.get(f"{base}/conversations/{conversation}/messages", headers=auth) as r:
+            assert r.status == 200
+        async with http.get(f"{base}/metrics", headers=auth) as reply:
+            text = await reply.text()
+            assert "recorder_events_stored_total" in text and API_TOKEN not in text
 
 
 async def test_run_without_an_account_or_identity_says_so(tmp_path: Path) -> None:

@@ -98,6 +98,9 @@ async def test_migrations_run_from_an_installed_wheel(
     names = zipfile.ZipFile(wheel).namelist()
     assert "recorder/migrations/env.py" in names
     assert "recorder/migrations/versions/0001_event_log.py" in names
+    # Every subpackage of the checkout ships (an explicit package list can silently miss one).
+    for init in sorted((ROOT / "recorder").glob("*/__init__.py")):
+        assert f"recorder/{init.parent.name}/__init__.py" in names, init.parent.name
 
     site = tmp_path / "site"
     with zipfile.ZipFile(wheel) as archive:
@@ -109,6 +112,7 @@ async def test_migrations_run_from_an_installed_wheel(
     env["RECORDER_DATABASE_URL"] = empty_database.dsn
     script = (
         "import recorder, recorder.migrate as m, sys; "
+        "import recorder.api, recorder.simulator, recorder.ums.client, recorder.app; "
         "assert recorder.__file__.startswith(sys.argv[1]), recorder.__file__; "
         "print(m.migrations_dir())"
     )

@@ -27,6 +27,7 @@ from recorder.database import DatabaseTarget
 from recorder.simulator import Faults, Simulator
 from recorder.simulator.tokens import Identity, TokenError
 from recorder.ums.client import ClientSettings
+from tests.helpers import free_port
 from tests.umsharness import ACCOUNT, FAST
 
 __all__ = [
@@ -78,6 +79,7 @@ def settings_for(
         account=ACCOUNT,
         ums_url=sim.ws_url,
         consumers=tuple(identities),
+        api_listen=f"127.0.0.1:{free_port()}",
         **changes,  # type: ignore[arg-type]
     )
 
@@ -138,6 +140,7 @@ class DaemonProcess:
             for key, value in os.environ.items()
             if not key.startswith("RECORDER_") and key not in ("STATE_DIRECTORY", "JOURNAL_STREAM")
         }
+        self._env.setdefault("RECORDER_API_LISTEN", f"127.0.0.1:{free_port()}")
         self._env.update(env)
         self.log_path = log_path
         self.process: asyncio.subprocess.Process | None = None

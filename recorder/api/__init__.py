@@ -1,0 +1,6 @@
+"""The read API (design.md section 5): `create_app` and `check_listen_allowed`."""
+
+from recorder.api.app import create_app
+from recorder.api.auth import check_listen_allowed
+
+__all__ = ["check_listen_allowed", "create_app"]
