@@ -85,6 +85,8 @@ async def run_demo(settings: Settings, args: argparse.Namespace) -> int:
                 print(f"simulated LivePerson on {sim.ws_url} with {len(consumers)} consumers")
                 print(f"recording into {target.describe()}")
                 print(f"look:  psql '{mask_url(target.dsn)}' -c 'SELECT * FROM conversations'")
+                host, port = demo_settings.api_host_port
+                print(f"       curl -s http://{host}:{port}/conversations   (the read API)")
                 print("       recorder status      (in another terminal; Ctrl-C stops the demo)",
                       flush=True)
                 async with build_app(demo_settings, target) as app:
