@@ -38,7 +38,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime as dt
-import logging
 import multiprocessing
 import os
 import random
@@ -64,6 +63,7 @@ from append import (
     Workload,
     bench_database,
     percentile_ms,
+    report,
     say,
     server_settings,
 )
@@ -635,15 +635,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
-                        format="%(levelname)s %(name)s: %(message)s")
-    try:
-        summary = asyncio.run(bench(args))
-    except CorrectnessError as exc:
-        say(f"FAILED: {exc}")
-        return 1
-    print(orjson.dumps(summary).decode(), flush=True)
-    return 0
+    return report(lambda: asyncio.run(bench(args)))
 
 
 if __name__ == "__main__":

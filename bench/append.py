@@ -26,7 +26,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -664,17 +664,22 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
+def report(run: Callable[[], dict[str, object]]) -> int:
+    """Run a bench: its JSON summary is the last line; a correctness failure exits 1."""
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
                         format="%(levelname)s %(name)s: %(message)s")
     try:
-        summary = asyncio.run(bench(args))
+        summary = run()
     except CorrectnessError as exc:
         say(f"FAILED: {exc}")
         return 1
     print(orjson.dumps(summary).decode(), flush=True)
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    return report(lambda: asyncio.run(bench(args)))
 
 
 if __name__ == "__main__":

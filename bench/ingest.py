@@ -69,7 +69,6 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
-import orjson
 
 # bench/ is not a package: reuse append.py's database rule, COPY baseline and helpers.
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -78,6 +77,7 @@ from append import (
     CorrectnessError,
     bench_database,
     percentile_ms,
+    report,
     run_copy,
     say,
     server_settings,
@@ -1185,15 +1185,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
-                        format="%(levelname)s %(name)s: %(message)s")
-    try:
-        summary = run_event_loop(bench(args))  # uvloop, as the CLI runs the daemon
-    except CorrectnessError as exc:
-        say(f"FAILED: {exc}")
-        return 1
-    print(orjson.dumps(summary).decode(), flush=True)
-    return 0
+    return report(lambda: run_event_loop(bench(args)))  # uvloop, as the CLI runs the daemon
 
 
 if __name__ == "__main__":
