@@ -75,7 +75,8 @@ async def build_app(
     api_token = None if settings.api_token is None else settings.api_token.reveal()
     check_listen_allowed(api_host, api_token)
     await migrate.require_current_schema(target)
-    pool = await asyncpg.create_pool(target.dsn, min_size=1, max_size=4)
+    # Shared by the sessions ledger and the read API; API requests queue here under load.
+    pool = await asyncpg.create_pool(target.dsn, min_size=1, max_size=10)
     try:
         async with aiohttp.ClientSession() as http:
             writer = EventWriter(
