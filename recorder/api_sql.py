@@ -38,21 +38,25 @@ LIMIT ${limit}
 
 GET_CONVERSATION = f"SELECT {CONVERSATION_COLUMNS} FROM conversations WHERE conversation_id = $1"
 
+# The whole record in one statement (one snapshot, one round trip): participants and dialogs
+# come back as JSON arrays.
+GET_CONVERSATION_RECORD = f"""
+SELECT {CONVERSATION_COLUMNS},
+    (SELECT coalesce(json_agg(json_build_object(
+                'id', p.participant_id, 'role', p.role, 'state', p.state)
+            ORDER BY p.role, p.participant_id), '[]'::json)
+     FROM participants p WHERE p.conversation_id = $1)::text AS participants_json,
+    (SELECT coalesce(json_agg(json_build_object(
+                'dialog_id', d.dialog_id, 'dialog_type', d.dialog_type,
+                'channel_type', d.channel_type, 'state', d.state, 'creation_ts', d.creation_ts,
+                'end_ts', d.end_ts, 'closed_by', d.closed_by, 'closed_cause', d.closed_cause,
+                'participants', coalesce(d.participants, '[]'::jsonb))
+            ORDER BY d.creation_ts NULLS LAST, d.dialog_id), '[]'::json)
+     FROM dialogs d WHERE d.conversation_id = $1)::text AS dialogs_json
+FROM conversations WHERE conversation_id = $1
+"""
+
 CONVERSATION_EXISTS = "SELECT EXISTS (SELECT 1 FROM conversations WHERE conversation_id = $1)"
-
-CONVERSATION_PARTICIPANTS = """
-SELECT participant_id, role, state FROM participants
-WHERE conversation_id = $1
-ORDER BY role, participant_id
-"""
-
-CONVERSATION_DIALOGS = """
-SELECT dialog_id, dialog_type, channel_type, state, creation_ts, end_ts, closed_by, closed_cause,
-       participants::text AS participants
-FROM dialogs
-WHERE conversation_id = $1
-ORDER BY creation_ts NULLS LAST, dialog_id
-"""
 
 # -- messages ------------------------------------------------------------------------------------
 

@@ -109,24 +109,18 @@ async def list_conversations(request: web.Request) -> web.Response:
 
 async def get_conversation(request: web.Request) -> web.Response:
     p = parse(m.ConversationPath, request)
-    async with request.app[POOL].acquire() as connection, connection.transaction(
-        isolation="repeatable_read", readonly=True
-    ):
-        row = await connection.fetchrow(q.GET_CONVERSATION, p.id)
-        if row is None:
-            raise not_found("no conversation with this id has been recorded")
-        people = await connection.fetch(q.CONVERSATION_PARTICIPANTS, p.id)
-        dialogs = await connection.fetch(q.CONVERSATION_DIALOGS, p.id)
+    async with request.app[POOL].acquire() as connection:
+        row = await connection.fetchrow(q.GET_CONVERSATION_RECORD, p.id)
+    if row is None:
+        raise not_found("no conversation with this id has been recorded")
     body = conversation_summary(row)
-    body["participants"] = [
-        {"id": r["participant_id"], "role": r["role"], "state": r["state"]} for r in people]
-    body["dialogs"] = [
-        {"dialog_id": d["dialog_id"], "dialog_type": d["dialog_type"],
-         "channel_type": d["channel_type"], "state": d["state"], "creation_ts": d["creation_ts"],
-         "end_ts": d["end_ts"], "closed_by": d["closed_by"], "closed_cause": d["closed_cause"],
-         "participants": fragment(d["participants"]) or []}
-        for d in dialogs
-    ]
+    body["participants"] = orjson.loads(row["participants_json"])
+    dialogs = orjson.loads(row["dialogs_json"])
+    for dialog in dialogs:  # PostgreSQL's JSON timestamps, rendered like every other one
+        for key in ("creation_ts", "end_ts"):
+            if dialog[key] is not None:
+                dialog[key] = datetime.fromisoformat(dialog[key])
+    body["dialogs"] = dialogs
     return json_response(body)
 
 
