@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import datetime as dt
 import multiprocessing
 import os
 import random
@@ -62,6 +61,7 @@ from append import (
     CorrectnessError,
     Workload,
     bench_database,
+    copy_rows,
     percentile_ms,
     report,
     say,
@@ -100,22 +100,6 @@ def machine_busy_cpu_s() -> float:
 # -- phase 1: load the log by COPY ---------------------------------------------------------------
 
 
-def as_rows(records: Sequence[EventRecord], first: int) -> list[tuple[object, ...]]:
-    utc = dt.UTC
-    return [
-        (
-            position,
-            dt.datetime.fromtimestamp(r.received_at, utc),
-            r.account_id, r.consumer_id, r.session_id, r.kind, r.type, r.change_type,
-            r.conversation_id, r.dialog_id, r.sequence, r.originator_id,
-            None if r.server_ts is None else dt.datetime.fromtimestamp(r.server_ts, utc),
-            r.dedupe_key,
-            r.payload,
-        )
-        for position, r in enumerate(records, start=first)
-    ]
-
-
 async def generate(workload: Workload, count: int, slice_size: int = 2_000) -> list[EventRecord]:
     """workload.events(count), yielding to the loop now and then so a COPY keeps flowing."""
     records: list[EventRecord] = []
@@ -138,7 +122,7 @@ async def load_log(dsn: str, workload: Workload, total: int, chunk: int) -> floa
         next_report = started + 10
         while done < total:
             records = await generate(workload, min(chunk, total - done))
-            rows = as_rows(records, done + 1)
+            rows = copy_rows(records, done + 1)
             del records
             if copying is not None:
                 await copying

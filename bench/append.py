@@ -511,8 +511,8 @@ async def verify_log(dsn: str, records: Sequence[EventRecord]) -> None:
 # -- phase 2: raw COPY baseline ------------------------------------------------------------------
 
 
-def copy_rows(records: Sequence[EventRecord]) -> list[tuple[object, ...]]:
-    """The rows phase 1 stored, in the binary COPY's Python types (built before timing)."""
+def copy_rows(records: Sequence[EventRecord], first: int = 1) -> list[tuple[object, ...]]:
+    """Rows for `events` at positions first.., in the binary COPY's Python types."""
     utc = dt.UTC
     return [
         (
@@ -524,7 +524,7 @@ def copy_rows(records: Sequence[EventRecord]) -> list[tuple[object, ...]]:
             r.dedupe_key,
             r.payload,  # asyncpg's default jsonb codec takes the JSON text as str
         )
-        for position, r in enumerate(records, start=1)
+        for position, r in enumerate(records, start=first)
     ]
 
 

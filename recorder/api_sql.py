@@ -7,6 +7,8 @@ that a later page would then show.
 
 from __future__ import annotations
 
+from recorder.sql import UP_TO_HEAD
+
 # -- conversations -------------------------------------------------------------------------------
 
 CONVERSATION_COLUMNS = """
@@ -89,7 +91,7 @@ EVENT_COLUMNS = """
 EVENTS_AFTER = f"""
 SELECT {EVENT_COLUMNS}
 FROM events
-WHERE position > $1 AND position <= (SELECT position FROM log_head WHERE id = 1)
+WHERE position > $1 AND {UP_TO_HEAD}
 ORDER BY position
 LIMIT $2
 """
@@ -98,7 +100,7 @@ CONVERSATION_EVENTS_AFTER = f"""
 SELECT {EVENT_COLUMNS}
 FROM events
 WHERE conversation_id = $1
-  AND position > $2 AND position <= (SELECT position FROM log_head WHERE id = 1)
+  AND position > $2 AND {UP_TO_HEAD}
 ORDER BY position
 LIMIT $3
 """

@@ -80,10 +80,13 @@ EVENT_COLUMNS = """
     payload::text AS payload
 """
 
+#: Every read of the log stays at or below the head, evaluated in the same statement.
+UP_TO_HEAD = "position <= (SELECT position FROM log_head WHERE id = 1)"
+
 READ_AFTER = f"""
 SELECT {EVENT_COLUMNS}
 FROM events
-WHERE position > $1 AND position <= (SELECT position FROM log_head WHERE id = 1)
+WHERE position > $1 AND {UP_TO_HEAD}
 ORDER BY position
 LIMIT $2
 """

@@ -141,8 +141,3 @@ class Subscriber:
             await connection.close(1011, "dialog subscription failed")
         except ConnectionClosed:
             pass  # the next session subscribes again from the stored cursor
-
-    async def wait_idle(self) -> None:
-        """Wait for subscriptions in flight (tests, orderly shutdown)."""
-        while self._tasks:
-            await asyncio.gather(*list(self._tasks), return_exceptions=True)
