@@ -21,6 +21,8 @@ from recorder import migrate
 from recorder.api import check_listen_allowed, create_app
 from recorder.config import Settings
 from recorder.database import DatabaseTarget
+from recorder.exports.runner import Exporter
+from recorder.exports.scheduler import ExportScheduler
 from recorder.identities import require_recording_settings, token_source
 from recorder.metrics import Metrics
 from recorder.projector import Projector
@@ -43,6 +45,7 @@ class App:
     sinks: list[RecordingSink]
     supervisor: Supervisor
     metrics: Metrics
+    exports: ExportScheduler | None = None
 
     async def run(self, stop: asyncio.Event) -> int:
         return await self.supervisor.run(stop)
@@ -125,10 +128,19 @@ async def build_app(
                 clients.append(client)
                 sinks.append(sink)
             metrics = Metrics()
+            exports: ExportScheduler | None = None
+            if settings.exports:
+                exports = ExportScheduler(
+                    Exporter(target, on_done=metrics.observe_export), settings.exports,
+                    on_failure=metrics.export_failed,
+                )
+                metrics.watch_exports(job.name for job in settings.exports)
+                supervisor.add("exports", exports.run, drain_s=60)
             api = create_app(pool, token=api_token, metrics_render=metrics.render)
             # Added last: stopped first, so the API answers until the sockets close.
             supervisor.add("api", serve_api(api, api_host, api_port), drain_s=5)
-            app = App(writer, projector, ledger, cursors, clients, sinks, supervisor, metrics)
+            app = App(writer, projector, ledger, cursors, clients, sinks, supervisor, metrics,
+                      exports)
             metrics.attach(app)
             yield app
     finally:

@@ -70,6 +70,12 @@ async def cmd_rebuild(settings: Settings, args: argparse.Namespace) -> int:
     return await rebuild_command(settings, args)
 
 
+async def cmd_export(settings: Settings, args: argparse.Namespace) -> int:
+    from recorder.exports.command import export_command
+
+    return await export_command(settings, args)
+
+
 async def cmd_simulate(settings: Settings, args: argparse.Namespace) -> int:
     return await simulator_cli.run_simulator(args, default_account=settings.account)
 
@@ -152,6 +158,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     status_parser.add_argument("--json", action="store_true", help="print JSON instead of text")
     status_parser.set_defaults(handler=cmd_status)
+
+    from recorder.exports import command as export
+
+    export_parser = commands.add_parser(
+        "export", help="run an [[exports]] job now, or export ad hoc; prints the manifest"
+    )
+    export.add_arguments(export_parser)
+    export_parser.set_defaults(handler=cmd_export)
 
     simulate_parser = commands.add_parser(
         "simulate", help="run the LivePerson UMS simulator (websocket, CSDS, IdP) until stopped"

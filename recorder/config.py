@@ -16,6 +16,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from recorder.errors import ConfigError
+from recorder.exports.jobs import ExportJob, parse_exports
 
 
 class Secret:
@@ -62,6 +63,7 @@ class Settings:
     consumer_jwt: Secret | None = None
     consumer_jwt_file: Path | None = None
     consumers: tuple[ConsumerIdentity, ...] = ()
+    exports: tuple[ExportJob, ...] = ()
     api_listen: str = "127.0.0.1:8780"
     api_token: Secret | None = None
     log_format: str = "text"
@@ -366,7 +368,7 @@ def load_settings(
         config_path = Path(path_text).expanduser()
         file_values = _load_toml(config_path)
 
-    known = {_toml_key(spec) for spec in SETTINGS} | {"consumers"}
+    known = {_toml_key(spec) for spec in SETTINGS} | {"consumers", "exports"}
     known |= {spec.field + "_file" for spec in SETTINGS if spec.file_env}
     for key in file_values:
         if key not in known:
@@ -397,6 +399,10 @@ def load_settings(
         values["log_format"] = "journal"
     if "consumers" in file_values:
         values["consumers"] = _parse_consumers(file_values["consumers"])
+    if "exports" in file_values:
+        values["exports"] = parse_exports(
+            file_values["exports"], values.get("state_dir", Settings.state_dir)
+        )
     single = values.get("consumer_jwt") is not None or values.get("consumer_jwt_file") is not None
     if single and any(c.name == "default" for c in values.get("consumers", ())):
         raise ConfigError(

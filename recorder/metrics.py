@@ -13,7 +13,8 @@
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -103,6 +104,16 @@ class Metrics:
             "recorder_last_export_timestamp_seconds",
             "Unix time of the last successful export (0: none yet).", registry=r,
         )
+        self.export_rows = Counter(
+            "recorder_export_rows",
+            "Rows written to export files by scheduled or named runs, by job.",
+            ["job"], registry=r,
+        )
+        self.export_failures = Counter(
+            "recorder_export_failures",
+            "Scheduled export runs that failed (the next run redoes their window), by job.",
+            ["job"], registry=r,
+        )
         for kind in KINDS:  # every kind shows, at 0, before its first event
             self.events_stored.labels(kind=kind)
             self.duplicates_dropped.labels(kind=kind)
@@ -150,6 +161,21 @@ class Metrics:
     def mark_export(self, ts: float) -> None:
         """An export finished successfully at Unix time `ts` (for the export job)."""
         self.last_export.set(ts)
+
+    def watch_exports(self, jobs: Iterable[str]) -> None:
+        """Show every configured job's counters, at 0, before its first run."""
+        for job in jobs:
+            self.export_rows.labels(job=job)
+            self.export_failures.labels(job=job)
+
+    def observe_export(self, job: str | None, manifest: Mapping[str, Any]) -> None:
+        """The exporter's listener: a run committed its checkpoint."""
+        if job is not None:
+            self.export_rows.labels(job=job).inc(int(manifest.get("rows") or 0))
+        self.mark_export(time.time())
+
+    def export_failed(self, job: str) -> None:
+        self.export_failures.labels(job=job).inc()
 
     # -- output --------------------------------------------------------------------------------
 

@@ -30,7 +30,7 @@ import logging
 import sys
 import time
 from collections.abc import Callable
-from typing import Any, TextIO
+from typing import Any
 
 import asyncpg
 import orjson
@@ -40,6 +40,7 @@ from recorder import projection_sql as q
 from recorder.config import Settings
 from recorder.database import DatabaseTarget, connect, open_database
 from recorder.errors import RebuildError
+from recorder.progress import ProgressBar
 from recorder.projection import PROJECTION_NAME, apply_and_advance
 from recorder.projection_rows import Batch, LogRow
 from recorder.projector import PROJECTOR_LOCK_KEY
@@ -320,33 +321,3 @@ async def rebuild_command(settings: Settings, args: argparse.Namespace) -> int:
     else:
         print(report.as_text())
     return 0 if report.equal or report.swapped else 1
-
-
-class ProgressBar:
-    """A one-line progress bar for a terminal, redrawn at most ten times a second."""
-
-    def __init__(self, stream: TextIO, width: int = 30) -> None:
-        self._stream, self._width = stream, width
-        self._started = time.monotonic()
-        self._drawn = 0.0
-        self._shown = False
-
-    def __call__(self, done: int, total: int) -> None:
-        now = time.monotonic()
-        if now - self._drawn < 0.1 and done < total:
-            return
-        self._drawn = now
-        share = done / total if total else 1.0
-        filled = int(share * self._width)
-        rate = done / max(now - self._started, 1e-9)
-        self._stream.write(
-            f"\r[{'#' * filled}{'.' * (self._width - filled)}] {share:6.1%} "
-            f"{done}/{total} events {rate:,.0f}/s"
-        )
-        self._stream.flush()
-        self._shown = True
-
-    def finish(self) -> None:
-        if self._shown:
-            self._stream.write("\n")
-            self._stream.flush()

@@ -120,16 +120,34 @@ export_runs = Table(
     "export_runs",
     metadata,
     Column("id", BigInteger, primary_key=True, autoincrement=True),
-    Column("job", Text, nullable=False),
+    Column("job", Text),  # NULL: an ad hoc `recorder export` (no checkpoint)
     Column("started_at", TIMESTAMPTZ, nullable=False, server_default=text("now()")),
     Column("finished_at", TIMESTAMPTZ),
     Column("status", Text, nullable=False),
-    Column("from_position", BigInteger, nullable=False),
-    Column("to_position", BigInteger),
+    Column("from_position", BigInteger, nullable=False),  # exclusive
+    Column("to_position", BigInteger),  # inclusive
     Column("rows", BigInteger),
     Column("path", Text),
     Column("error", Text),
+    Column("kind", Text, nullable=False, server_default=text("'events'")),
+    Column("format", Text, nullable=False, server_default=text("'jsonl'")),
+    Column("scheduled_for", TIMESTAMPTZ),  # the schedule's slot; NULL when run by hand
+    Column("host", Text),
+    Column("pid", Integer),
+    Column("sha256", Text),
+    Column("manifest", JSONB),
+    CheckConstraint(
+        "status IN ('running', 'done', 'failed', 'abandoned')", name="export_runs_status_check"
+    ),
     Index("export_runs_job_started_idx", "job", "started_at"),
+    Index(
+        "export_runs_job_window_done_key", "job", "from_position",
+        unique=True, postgresql_where=text("status = 'done'"),
+    ),
+    Index(
+        "export_runs_job_running_key", "job",
+        unique=True, postgresql_where=text("status = 'running' AND job IS NOT NULL"),
+    ),
 )
 
 # The projection (design.md section 3): current state folded from the log by recorder.projection.
@@ -167,6 +185,7 @@ conversations = Table(
     Index("conversations_state_idx", "state"),
     Index("conversations_consumer_id_idx", "consumer_id"),
     Index("conversations_updated_at_idx", "updated_at"),
+    Index("conversations_last_position_idx", "last_position"),
 )
 
 dialogs = Table(

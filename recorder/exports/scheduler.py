@@ -1,0 +1,93 @@
+"""The daemon's export component: APScheduler 3 fires each `[[exports]]` job on schedule.
+
+- In-memory job store only: job stores must never be shared between schedulers, and
+  coordination between instances happens in PostgreSQL (the job's advisory lock, and the
+  slot check on `export_runs.scheduled_for`), not in APScheduler.
+- `coalesce` + `max_instances=1` + no misfire limit: runs missed while the loop was busy
+  collapse into one late run, and a job never overlaps itself. A run that is due while the
+  daemon is down is not made up for: the next run exports everything since the checkpoint.
+- On stop, no new run starts; a running export gets the component's drain time to finish,
+  then is cancelled (its window is redone by the next run).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+from collections.abc import Callable, Sequence
+
+from apscheduler.events import EVENT_JOB_SUBMITTED, JobSubmissionEvent
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+
+from recorder.exports.jobs import ExportJob
+from recorder.exports.runner import Exporter, JobBusyError
+
+log = logging.getLogger(__name__)
+
+
+class ExportScheduler:
+    def __init__(
+        self, exporter: Exporter, jobs: Sequence[ExportJob],
+        *, on_failure: Callable[[str], None] | None = None,
+    ) -> None:
+        self.exporter = exporter
+        self.jobs = {job.name: job for job in jobs}
+        self._on_failure = on_failure
+        self._slots: dict[str, dt.datetime] = {}
+        self._running: set[asyncio.Task[None]] = set()
+        self.runs = 0  # finished runs, successful or not (for tests and status)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        scheduler = AsyncIOScheduler(event_loop=asyncio.get_running_loop(), timezone=dt.UTC)
+        scheduler.add_listener(self._submitted, EVENT_JOB_SUBMITTED)
+        for job in self.jobs.values():
+            scheduler.add_job(
+                self._fire, trigger=job.trigger(), args=[job.name], id=job.name,
+                name=f"export {job.name}", coalesce=True, max_instances=1,
+                misfire_grace_time=None, replace_existing=True,
+            )
+        scheduler.start()
+        for scheduled in scheduler.get_jobs():
+            log.info("export %s: %s %s format, next run at %s", scheduled.id,
+                     self.jobs[scheduled.id].kind, self.jobs[scheduled.id].format,
+                     scheduled.next_run_time.isoformat())
+        try:
+            await stop.wait()
+        finally:
+            scheduler.shutdown(wait=False)
+            running = set(self._running)
+            if running:
+                log.info("waiting for %d running export(s) to finish", len(running))
+                try:
+                    await asyncio.gather(*running, return_exceptions=True)
+                except asyncio.CancelledError:
+                    for task in running:
+                        task.cancel()
+                    await asyncio.gather(*running, return_exceptions=True)
+                    raise
+
+    def _submitted(self, event: JobSubmissionEvent) -> None:
+        # Dispatched right after the executor made the run's task, before the task starts.
+        if event.scheduled_run_times:
+            self._slots[event.job_id] = max(event.scheduled_run_times)
+
+    async def _fire(self, name: str) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._running.add(task)
+        try:
+            job = self.jobs[name]
+            slot = self._slots.pop(name, None)
+            try:
+                await self.exporter.run_job(job, scheduled_for=slot)
+            except JobBusyError:
+                log.info("export %s: another instance is running it; skipped", name)
+            except Exception:
+                log.exception("export %s failed; its window is redone by the next run", name)
+                if self._on_failure is not None:
+                    self._on_failure(name)
+            finally:
+                self.runs += 1
+        finally:
+            self._running.discard(task)
