@@ -1,8 +1,10 @@
 """The composition root: builds the daemon's components and wires them together.
 
-Start order: projector, writer, sessions ledger, one client per identity. Stop order is the
-reverse: sockets close first, the ledger writes its counters, the writer flushes and commits
-what was queued, and the projector catches up with it.
+Start order: projector, writer, sessions ledger, one client per identity, the export
+scheduler (when `[[exports]]` are configured), the read API. Stop order is the reverse: the API
+stops answering, no new export starts (a running one may finish), sockets close, the ledger
+writes its counters, the writer flushes and commits what was queued, and the projector
+catches up with it.
 """
 
 from __future__ import annotations

@@ -53,3 +53,6 @@ def configure_logging(log_format: str = "text", level: str = "INFO") -> None:
     # pgserver logs every command line it runs at INFO; keep that out of ours.
     logging.getLogger("pgserver").setLevel(logging.WARNING)
     logging.getLogger("alembic").setLevel(logging.WARNING)
+    # APScheduler says "Running job"/"executed successfully" at INFO on every tick; each export
+    # run logs its own line. Its warnings (a run skipped: still running) stay.
+    logging.getLogger("apscheduler").setLevel(max(logging.WARNING, root.level))

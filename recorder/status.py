@@ -9,6 +9,7 @@ import asyncpg
 
 from recorder import migrate, sql
 from recorder.database import DatabaseTarget, connect
+from recorder.exports import sql as export_sql
 
 #: A session silent for longer than this is not called connected (the daemon may be gone).
 STALE_AFTER_S = 90.0
@@ -40,6 +41,20 @@ class SequenceHole:
 
 
 @dataclasses.dataclass
+class ExportStatus:
+    job: str
+    status: str  # of the newest run: running | done | failed | abandoned
+    kind: str
+    format: str
+    checkpoint: int | None  # the last position exported (None: no run finished yet)
+    window: str  # of the newest run: "(from, to]"
+    rows: int | None
+    path: str | None
+    finished_at: str | None
+    error: str | None
+
+
+@dataclasses.dataclass
 class Status:
     database: str
     embedded: bool
@@ -51,6 +66,7 @@ class Status:
     quarantined: int | None
     identities: list[IdentityStatus] = dataclasses.field(default_factory=list)
     holes: list[SequenceHole] = dataclasses.field(default_factory=list)
+    exports: list[ExportStatus] = dataclasses.field(default_factory=list)
 
     @property
     def schema_current(self) -> bool:
@@ -92,7 +108,27 @@ class Status:
                 f"(session {h.session_id}, identity {h.identity})"
                 for h in self.holes
             ]
+        for export in self.exports:
+            rows = "-" if export.rows is None else export.rows
+            checkpoint = "none" if export.checkpoint is None else export.checkpoint
+            lines.append(
+                f"export {export.job} ({export.kind}, {export.format}): last run "
+                f"{export.status} {export.window}, {rows} rows, finished "
+                f"{export.finished_at or '-'}; checkpoint {checkpoint}"
+                + (f"; error: {export.error}" if export.error else "")
+            )
         return "\n".join(lines)
+
+
+def _export(row: Any) -> ExportStatus:
+    finished = row["finished_at"]
+    return ExportStatus(
+        job=row["job"], status=row["status"], kind=row["kind"], format=row["format"],
+        checkpoint=row["checkpoint"], window=f"({row['from_position']}, {row['to_position']}]",
+        rows=row["rows"], path=row["path"],
+        finished_at=None if finished is None else finished.isoformat(timespec="seconds"),
+        error=row["error"],
+    )
 
 
 def _identity(row: Any) -> IdentityStatus:
@@ -120,6 +156,7 @@ async def read_status(target: DatabaseTarget) -> Status:
     connection = await connect(target)
     identities: list[IdentityStatus] = []
     holes: list[SequenceHole] = []
+    exports: list[ExportStatus] = []
     try:
         settings = dict(await connection.fetch(sql.SERVER_SETTINGS))
         head = positions = quarantined = None
@@ -134,8 +171,11 @@ async def read_status(target: DatabaseTarget) -> Status:
                     SequenceHole(**dict(r))
                     for r in await connection.fetch(sql.SEQUENCE_HOLES, HOLES_SHOWN)
                 ]
+                exports = [_export(r) for r in await connection.fetch(export_sql.LAST_RUNS)]
             except asyncpg.UndefinedTableError:
                 head = None
+            except asyncpg.UndefinedColumnError:
+                pass  # export_runs before revision 0003: `recorder migrate` adds the columns
     finally:
         await connection.close()
     return Status(
@@ -149,4 +189,5 @@ async def read_status(target: DatabaseTarget) -> Status:
         quarantined=quarantined,
         identities=identities,
         holes=holes,
+        exports=exports,
     )

@@ -68,3 +68,11 @@ def test_every_command_option_has_an_environment_mirror(monkeypatch: pytest.Monk
     assert (args.seed, args.no_clock) == (42, True)
     args = build_parser().parse_args(["simulate", "--seed", "7"])
     assert args.seed == 7, "the flag wins over the environment"
+
+
+def test_every_export_setting_is_documented() -> None:
+    from recorder.exports.jobs import KEYS
+
+    block = README.split("<!-- exports-table", 1)[1].split("<!-- /exports-table -->", 1)[0]
+    documented = set(re.findall(r"^\| `([a-z_]+)` \|", block, re.MULTILINE))
+    assert documented == KEYS

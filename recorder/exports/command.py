@@ -69,8 +69,9 @@ def _ad_hoc(args: argparse.Namespace) -> tuple[str, str, str, str, Path]:
     out = Path(args.out)
     suffixes = [s.lower() for s in out.suffixes]
     compression = args.compression
-    if compression is None and suffixes and suffixes[-1] in _SUFFIX_COMPRESSIONS:
-        compression = _SUFFIX_COMPRESSIONS[suffixes.pop()]
+    if suffixes and suffixes[-1] in _SUFFIX_COMPRESSIONS:  # the format is the suffix before
+        from_suffix = _SUFFIX_COMPRESSIONS[suffixes.pop()]
+        compression = from_suffix if compression is None else compression
     fmt = args.format or (_SUFFIX_FORMATS.get(suffixes[-1]) if suffixes else None) or "jsonl"
     if compression is None:
         compression = "zstd" if fmt == "parquet" else "none"
@@ -80,6 +81,11 @@ def _ad_hoc(args: argparse.Namespace) -> tuple[str, str, str, str, Path]:
     if args.out == "-" and (fmt == "parquet" or kind == "transcripts"):
         raise ConfigError("--out", "- (standard output) takes jsonl or csv events or "
                           "conversations; parquet and transcripts need a path")
+    if args.out != "-" and kind != "transcripts" and out.is_dir():
+        raise ConfigError("--out", f"{args.out!r} is a directory; {kind} go to one file")
+    if kind == "transcripts" and out.exists() and not out.is_dir():
+        raise ConfigError("--out", f"{args.out!r} is not a directory; transcripts are one "
+                          "file per conversation, under a directory")
     suffix = ExportJob("adhoc", "1d", kind, fmt, out, compression).suffix
     return kind, fmt, compression, suffix, out
 

@@ -11,6 +11,7 @@ import contextlib
 import datetime as dt
 import logging
 import os
+import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from recorder.exports.writers import HashingFile, TableWriter, open_writer
 log = logging.getLogger(__name__)
 
 MANIFEST_SUFFIX = ".manifest.json"
+_TRANSCRIPT_DAY = re.compile(r"\d{4}-\d{2}-\d{2}|undated")
 TEMP_PREFIX = "."
 TEMP_SUFFIX = ".tmp"
 
@@ -72,6 +74,8 @@ class AtomicFile:
 
     def discard(self) -> None:
         with contextlib.suppress(Exception):
+            self.writer.close()  # now, not in its finalizer, after the file below is closed
+        with contextlib.suppress(Exception):
             self._raw.close()
         with contextlib.suppress(FileNotFoundError):
             self.temp.unlink()
@@ -114,7 +118,8 @@ def apply_retention(directory: Path, job: str, days: float, now: dt.datetime) ->
     """Delete this job's files whose manifest is older than `days` (and the manifests).
 
     A file younger than the cutoff stays even if an old manifest lists it: a transcript
-    rewritten by a later run is covered by that run's manifest.
+    rewritten by a later run is covered by that run's manifest; a window's file (which no
+    other manifest covers) keeps its manifest too.
     """
     cutoff = now - dt.timedelta(days=days)
     removed: list[Path] = []
@@ -130,6 +135,7 @@ def apply_retention(directory: Path, job: str, days: float, now: dt.datetime) ->
             continue
         if created >= cutoff:
             continue
+        kept = False
         for path in manifest_files(manifest_path, manifest):
             try:
                 modified = dt.datetime.fromtimestamp(path.stat().st_mtime, dt.UTC)
@@ -138,12 +144,16 @@ def apply_retention(directory: Path, job: str, days: float, now: dt.datetime) ->
             if modified < cutoff:
                 path.unlink()
                 removed.append(path)
+            else:
+                kept = True
+        if kept and isinstance(manifest.get("file"), str):
+            continue  # a window's file stays, so does the one manifest that describes it
         manifest_path.unlink()
         removed.append(manifest_path)
     for day in sorted(directory.iterdir()):
-        if day.is_dir():
+        if day.is_dir() and _TRANSCRIPT_DAY.fullmatch(day.name):
             with contextlib.suppress(OSError):
-                day.rmdir()  # only succeeds when empty
+                day.rmdir()  # a transcripts day emptied by retention; only succeeds when empty
     if removed:
         fsync_directory(directory)
     return removed

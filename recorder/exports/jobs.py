@@ -27,6 +27,8 @@ _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 #: Interval schedules count from this instant, so every instance fires at the same times
 #: and shares each run's slot (`scheduled_for`): a slot one instance ran is skipped by others.
 INTERVAL_ORIGIN = dt.datetime(2000, 1, 1, tzinfo=dt.UTC)
+#: Longer retention is "forever" anyway, and its cutoff would fall before the year 1.
+MAX_RETENTION_DAYS = 365_000
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,12 +54,26 @@ class ExportJob:
 
 def parse_schedule(text: str, name: str) -> BaseTrigger:
     """`15m`, `every 6h`, `30s`, `1d` (an interval), or a five-field cron line (UTC)."""
+    trigger = _trigger(text, name)
+    try:
+        first = trigger.get_next_fire_time(None, dt.datetime.now(dt.UTC))
+    except (OverflowError, ValueError):  # an interval that ends after the year 9999
+        first = None
+    if first is None:
+        raise ConfigError(name, f"never fires (no run before the year 10000): {text!r}")
+    return trigger
+
+
+def _trigger(text: str, name: str) -> BaseTrigger:
     match = _INTERVAL.fullmatch(text.strip())
     if match:
         seconds = int(match.group(1)) * _UNIT_SECONDS[match.group(2).lower()]
         if seconds <= 0:
             raise ConfigError(name, "an interval must be longer than 0")
-        return IntervalTrigger(seconds=seconds, start_date=INTERVAL_ORIGIN, timezone=dt.UTC)
+        try:
+            return IntervalTrigger(seconds=seconds, start_date=INTERVAL_ORIGIN, timezone=dt.UTC)
+        except (OverflowError, ValueError):
+            raise ConfigError(name, f"is too long an interval: {text!r}") from None
     if len(text.split()) != 5:
         raise ConfigError(
             name, f"must be an interval such as '15m' or '6h', or a five-field cron line; "
@@ -119,9 +135,12 @@ def parse_exports(raw: Any, state_dir: Path) -> tuple[ExportJob, ...]:
         retention = entry.get("retention_days")
         if retention is not None and (
             isinstance(retention, bool) or not isinstance(retention, int | float)
-            or retention <= 0
+            or not 0 < retention <= MAX_RETENTION_DAYS  # also refuses nan; inf is too large
         ):
-            raise ConfigError(f"{where}.retention_days", f"must be a number > 0; got {retention!r}")
+            raise ConfigError(
+                f"{where}.retention_days",
+                f"must be a number > 0 and at most {MAX_RETENTION_DAYS}; got {retention!r}",
+            )
         jobs.append(ExportJob(name, schedule, kind, fmt, directory, compression,
                               None if retention is None else float(retention)))
     names = [job.name for job in jobs]

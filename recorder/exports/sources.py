@@ -10,18 +10,28 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import io
+import logging
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import asyncpg
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pcsv
 
 from recorder.exports import sql
 from recorder.exports.columns import CONVERSATIONS, EVENTS, MESSAGES, Columns
 
+log = logging.getLogger(__name__)
+
 #: A page to turn into a table; called in a worker thread.
 Page = Callable[[], pa.Table]
+
+#: A timestamp as the server writes it in UTC, ISO style, with a four-digit year and no era:
+#: the years 1-9999 that Arrow's parser (and RFC 3339, and Python) take. `server_ts` is the
+#: frame's own clock and may lie outside them (a microsecond clock read as milliseconds lands
+#: in year 55000); such a value is exported as NULL, and the payload keeps what was sent.
+_PLAIN_TIMESTAMP = r"^\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}(\.\d{1,6})?[+-]\d{2}(:\d{2}){0,2}$"
 #: Server settings of export connections: CSV timestamps in UTC, ISO style.
 SESSION_SETTINGS = {"timezone": "UTC", "datestyle": "ISO", "application_name": "recorder export"}
 
@@ -33,8 +43,17 @@ class CsvTables:
         self.columns = columns
         self._read = pcsv.ReadOptions(column_names=columns.names, block_size=8 << 20)
         self._parse = pcsv.ParseOptions(newlines_in_values=True)
+        types = dict(zip(columns.schema.names, columns.schema.types, strict=True))
+        self._timestamps = [name for name, kind in types.items() if pa.types.is_timestamp(kind)]
         self._convert = pcsv.ConvertOptions(
-            column_types=dict(zip(columns.schema.names, columns.schema.types, strict=True)),
+            column_types=types,
+            null_values=[""], strings_can_be_null=True, quoted_strings_can_be_null=False,
+            true_values=["t"], false_values=["f"],
+        )
+        # The same, with timestamps read as text: used only when a page has one Arrow cannot
+        # parse (see _PLAIN_TIMESTAMP).
+        self._convert_lenient = pcsv.ConvertOptions(
+            column_types=types | {name: pa.string() for name in self._timestamps},
             null_values=[""], strings_can_be_null=True, quoted_strings_can_be_null=False,
             true_values=["t"], false_values=["f"],
         )
@@ -47,9 +66,32 @@ class CsvTables:
             source = io.BytesIO(data)
         if source.getbuffer().nbytes == 0:
             return self.columns.schema.empty_table()
-        table = pcsv.read_csv(source, read_options=self._read, parse_options=self._parse,
-                              convert_options=self._convert)
+        try:
+            table = pcsv.read_csv(source, read_options=self._read, parse_options=self._parse,
+                                  convert_options=self._convert)
+        except pa.ArrowInvalid:
+            if not self._timestamps:
+                raise
+            source.seek(0)
+            table = self._parse_lenient(source)
         return table.cast(self.columns.schema)
+
+    def _parse_lenient(self, source: io.BytesIO) -> pa.Table:
+        """Timestamps outside years 1-9999 (or BC) become NULL instead of failing the page."""
+        table = pcsv.read_csv(source, read_options=self._read, parse_options=self._parse,
+                              convert_options=self._convert_lenient)
+        for name in self._timestamps:
+            index = table.schema.get_field_index(name)
+            text = table.column(index)
+            plain = pc.match_substring_regex(text, _PLAIN_TIMESTAMP)
+            dropped = pc.sum(pc.and_(pc.invert(plain), pc.is_valid(text))).as_py() or 0
+            if dropped:
+                log.warning("export: %d %s value(s) outside the years 1-9999 exported as NULL",
+                            dropped, name)
+            kept = pc.if_else(plain, text, pa.scalar(None, pa.string()))
+            field = self.columns.schema.field(name)
+            table = table.set_column(index, field, kept.cast(field.type))
+        return table
 
     async def copy(self, connection: asyncpg.Connection, query: str, *args: Any) -> io.BytesIO:
         buffer = io.BytesIO()

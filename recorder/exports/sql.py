@@ -108,9 +108,10 @@ UPDATE export_runs SET status = 'abandoned', finished_at = coalesce(finished_at,
 WHERE job = $1 AND status = 'running'
 """
 
+# Asked under the job's lock, so a `running` run is a crashed one: only `done` takes a slot.
 SLOT_TAKEN = """
 SELECT EXISTS (SELECT 1 FROM export_runs
-               WHERE job = $1 AND scheduled_for >= $2 AND status IN ('running', 'done'))
+               WHERE job = $1 AND scheduled_for >= $2 AND status = 'done')
 """
 
 START_RUN = """
@@ -131,10 +132,13 @@ UPDATE export_runs SET status = 'failed', finished_at = now(), error = $2
 WHERE id = $1 AND status = 'running'
 """
 
+# recorder status: each job's newest run and its checkpoint.
 LAST_RUNS = """
-SELECT DISTINCT ON (job) job, status, kind, format, from_position, to_position, rows, path,
-       started_at, finished_at, error
-FROM export_runs
-WHERE job IS NOT NULL
-ORDER BY job, id DESC
+SELECT DISTINCT ON (r.job) r.job, r.status, r.kind, r.format, r.from_position, r.to_position,
+       r.rows, r.path, r.started_at, r.finished_at, r.error,
+       (SELECT max(d.to_position) FROM export_runs d
+        WHERE d.job = r.job AND d.status = 'done') AS checkpoint
+FROM export_runs r
+WHERE r.job IS NOT NULL
+ORDER BY r.job, r.id DESC
 """
