@@ -51,6 +51,7 @@ from recorder.exports.files import (
     write_json_atomically,
 )
 from recorder.exports.jobs import ExportJob
+from recorder.logs import event
 from recorder.projection import PROJECTION_NAME
 
 log = logging.getLogger(__name__)
@@ -121,7 +122,7 @@ class Exporter:
         self,
         target: DatabaseTarget,
         *,
-        page_rows: int = 20_000,
+        page_rows: int = 10_000,
         on_done: Callable[[str | None, dict[str, Any]], None] | None = None,
         step: Step | None = None,
     ) -> None:
@@ -160,7 +161,7 @@ class Exporter:
         if scheduled_for is not None and await book.fetchval(q.SLOT_TAKEN, job.name,
                                                              scheduled_for):
             log.info("export %s: the run due at %s was made by another instance; skipped",
-                     job.name, scheduled_for.isoformat())
+                     job.name, scheduled_for.isoformat(), extra=event("export.run.skipped"))
             return []
         checkpoint = await book.fetchrow(q.CHECKPOINT, job.name)
         assert checkpoint is not None
@@ -184,7 +185,8 @@ class Exporter:
             else:
                 log.warning("export %s: redoing window (%d, %d] of run %d, which was %s",
                             job.name, window.low, window.high, interrupted["id"],
-                            "interrupted" if interrupted["status"] == "running" else "failed")
+                            "interrupted" if interrupted["status"] == "running" else "failed",
+                            extra=event("export.run.redo"))
                 if left is not None and left != target.recorded_path(window):
                     remove_quietly(left, temp_path(left))  # the job's format changed since
                 manifest = await self._export(book, target, window, scheduled_for, progress,
@@ -202,7 +204,8 @@ class Exporter:
             )
             if removed:
                 log.info("export %s: retention removed %d files older than %g days",
-                         job.name, len(removed), job.retention_days)
+                         job.name, len(removed), job.retention_days,
+                         extra=event("export.retention.removed"))
         return manifests
 
     # -- ad hoc ------------------------------------------------------------------------------
@@ -268,7 +271,7 @@ class Exporter:
                 raise
             log.info("export %s: %s rows of %s (%d, %d] -> %s%s", target.job or "(ad hoc)",
                      manifest["rows"], target.kind, window.low, window.high, path,
-                     " (redone)" if redo else "")
+                     " (redone)" if redo else "", extra=event("export.run.done"))
             if self._on_done is not None:
                 self._on_done(target.job, manifest)
             return manifest

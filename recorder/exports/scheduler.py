@@ -22,6 +22,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from recorder.exports.jobs import ExportJob
 from recorder.exports.runner import Exporter, JobBusyError
+from recorder.logs import event
 
 log = logging.getLogger(__name__)
 
@@ -51,14 +52,15 @@ class ExportScheduler:
         for scheduled in scheduler.get_jobs():
             log.info("export %s: %s %s format, next run at %s", scheduled.id,
                      self.jobs[scheduled.id].kind, self.jobs[scheduled.id].format,
-                     scheduled.next_run_time.isoformat())
+                     scheduled.next_run_time.isoformat(), extra=event("export.job.scheduled"))
         try:
             await stop.wait()
         finally:
             scheduler.shutdown(wait=False)
             running = set(self._running)
             if running:
-                log.info("waiting for %d running export(s) to finish", len(running))
+                log.info("waiting for %d running export(s) to finish", len(running),
+                         extra=event("export.scheduler.draining"))
                 try:
                     await asyncio.gather(*running, return_exceptions=True)
                 except asyncio.CancelledError:
@@ -82,9 +84,11 @@ class ExportScheduler:
             try:
                 await self.exporter.run_job(job, scheduled_for=slot)
             except JobBusyError:
-                log.info("export %s: another instance is running it; skipped", name)
+                log.info("export %s: another instance is running it; skipped", name,
+                         extra=event("export.run.busy"))
             except Exception:
-                log.exception("export %s failed; its window is redone by the next run", name)
+                log.exception("export %s failed; its window is redone by the next run", name,
+                              extra=event("export.run.failed"))
                 if self._on_failure is not None:
                     self._on_failure(name)
             finally:
