@@ -15,6 +15,7 @@ import asyncpg
 from recorder import sql
 from recorder.errors import RecorderError
 from recorder.events import EventRecord, QuarantinedFrame
+from recorder.logs import event as log_event
 from recorder.quarantine import minimal_quarantine_row, quarantine_event, quarantine_row
 
 log = logging.getLogger(__name__)
@@ -81,6 +82,7 @@ class BatchAppender:
             log.warning(
                 "batch of %d events failed (%s: %s); bisecting to find the bad rows",
                 len(events), type(exc).__name__, exc,
+                extra=log_event("writer.batch.bisecting"),
             )
             self._on_fallback()
         result = recovered

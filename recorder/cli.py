@@ -14,6 +14,7 @@ import os
 import sys
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 import orjson
 
@@ -21,7 +22,7 @@ from recorder import __version__, migrate
 from recorder.config import Settings, load_settings
 from recorder.database import open_database
 from recorder.errors import RecorderError
-from recorder.logs import configure_logging
+from recorder.logs import configure_logging, event, redact, register_secret
 from recorder.simulator import cli as simulator_cli
 from recorder.status import read_status
 
@@ -178,6 +179,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def register_settings_secrets(settings: Settings) -> None:
+    """Keep the configured secrets out of every log line (recorder.logs redacts them)."""
+    for secret in (settings.api_token, settings.consumer_jwt,
+                   *(identity.jwt for identity in settings.consumers)):
+        if secret is not None:
+            register_secret(secret.reveal())
+    if settings.database_url is not None:
+        for password in url_passwords(settings.database_url.reveal()):
+            register_secret(password)
+
+
+def url_passwords(url: str) -> list[str]:
+    """The password(s) in a database URL (user part and `?password=`), as written and decoded."""
+    try:
+        parts = urlsplit(url)
+        found = [parts.password] if parts.password else []
+    except ValueError:
+        return []
+    found += [value for key, value in parse_qsl(parts.query) if key.lower() == "password"]
+    return [form for value in found for form in {value, unquote(value)}]
+
+
 def run_event_loop(work: Coroutine[Any, Any, int]) -> int:
     """uvloop where it is installed: ~10% less CPU per event on the daemon's hot path."""
     try:
@@ -199,15 +222,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = load_settings(args.config, overrides=overrides)
     except RecorderError as exc:
-        print(f"recorder: configuration error: {exc}", file=sys.stderr)
+        print(redact(f"recorder: configuration error: {exc}"), file=sys.stderr)
         return exc.exit_code
+    register_settings_secrets(settings)
     configure_logging(settings.log_format, settings.log_level)
     handler: Command = args.handler
     try:
         return run_event_loop(handler(settings, args))
     except RecorderError as exc:
-        log.debug("command failed", exc_info=True)
-        print(f"recorder: {exc}", file=sys.stderr)
+        log.debug("command failed", exc_info=True, extra=event("cli.command.failed"))
+        print(redact(f"recorder: {exc}"), file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         return 130

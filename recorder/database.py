@@ -13,6 +13,7 @@ import asyncpg
 from recorder.config import Settings
 from recorder.embedded import EmbeddedPostgres
 from recorder.errors import DatabaseError
+from recorder.logs import event
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +71,7 @@ async def open_database(settings: Settings) -> AsyncIterator[DatabaseTarget]:
     """The configured server, or the embedded one (started now, released on exit)."""
     if settings.database_url is not None:
         target = DatabaseTarget(dsn=to_asyncpg_dsn(settings.database_url.reveal()), embedded=False)
-        log.info("using %s", target.describe())
+        log.info("using %s", target.describe(), extra=event("database.target.selected"))
         yield target
         return
     embedded = EmbeddedPostgres(settings.state_dir)

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from recorder.errors import EmbeddedPostgresError
+from recorder.logs import event
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +42,7 @@ class EmbeddedPostgres:
                 f"embedded PostgreSQL in {self.data_dir} failed to start: {exc}"
             ) from exc
         url: str = self._server.get_uri(DATABASE_NAME)
-        log.info("using embedded PostgreSQL in %s", self.data_dir)
+        log.info("using embedded PostgreSQL in %s", self.data_dir, extra=event("embedded.started"))
         return url
 
     def _start_blocking(self) -> Any:
@@ -64,4 +65,5 @@ class EmbeddedPostgres:
         server, self._server = self._server, None
         if server is not None:
             await asyncio.to_thread(server.cleanup)
-            log.info("released embedded PostgreSQL in %s", self.data_dir)
+            log.info("released embedded PostgreSQL in %s", self.data_dir,
+                     extra=event("embedded.released"))

@@ -17,6 +17,7 @@ import asyncpg
 
 from recorder import sql
 from recorder.database import DatabaseTarget, mask_url
+from recorder.logs import event
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +57,7 @@ class LeaderConnection:
                 if not waiting_logged:
                     holder = await connection.fetchval(sql.LEADER_LOCK_HOLDER, self._lock_key)
                     log.warning("another %s (backend pid %s) leads; waiting, passive",
-                                self._role, holder)
+                                self._role, holder, extra=event("leader.lock.waiting"))
                     waiting_logged = True
                 if stop.is_set():
                     await connection.close()
@@ -70,7 +71,8 @@ class LeaderConnection:
             raise
         self.connection = connection
         self.is_leader = True
-        log.info("%s leads on %s", self._role, mask_url(self._target.dsn))
+        log.info("%s leads on %s", self._role, mask_url(self._target.dsn),
+                 extra=event("leader.lock.acquired"))
         return connection
 
     def discard(self) -> None:

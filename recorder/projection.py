@@ -44,6 +44,7 @@ import orjson
 
 from recorder import projection_sql as q
 from recorder.errors import ProjectionConflictError
+from recorder.logs import event as log_event
 from recorder.projection_rows import (
     Batch,
     ConversationFacts,
@@ -135,7 +136,8 @@ async def write_batch(
     """
     if batch.unreadable:
         log.warning("projection skipped %d events it cannot read, at positions %s",
-                    len(batch.unreadable), batch.unreadable[:10])
+                    len(batch.unreadable), batch.unreadable[:10],
+                    extra=log_event("projection.events.unreadable"))
     stored = await _stored_state(connection, batch)
     rows: list[tuple[Any, ...]] = []
     winners: list[str] = []

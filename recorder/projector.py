@@ -26,6 +26,7 @@ from recorder import projection_sql as q
 from recorder.database import DatabaseTarget
 from recorder.errors import ProjectionConflictError, ProjectionError
 from recorder.leadership import LeaderConnection
+from recorder.logs import event
 from recorder.projection import PROJECTION_NAME, apply_and_advance, load_position
 from recorder.projection_rows import LogRow
 from recorder.writer import TRANSIENT_ERRORS
@@ -125,7 +126,8 @@ class Projector:
                     delay = min(self._max_backoff, 0.1 * 2 ** min(attempt, 10))
                     delay *= random.uniform(0.5, 1.0)
                     log.warning("projector: database unavailable (%s: %s); retrying in %.2fs",
-                                type(exc).__name__, exc, delay)
+                                type(exc).__name__, exc, delay,
+                                extra=event("projector.outage.retry"))
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(stop.wait(), delay)
             await self._final_pass()
@@ -182,7 +184,8 @@ class Projector:
                     pass
         except _FINAL_PASS_ERRORS as exc:
             log.warning("projector stopped at %d before the head %d (%s)",
-                        self.position, self.head, type(exc).__name__)
+                        self.position, self.head, type(exc).__name__,
+                        extra=event("projector.drain.incomplete"))
 
     # -- the connection ------------------------------------------------------------------------
 
@@ -194,4 +197,5 @@ class Projector:
     async def _on_leadership(self, connection: asyncpg.Connection) -> None:
         self.position = await load_position(connection, self._name)
         self.stats.connections += 1
-        log.info("projector %r at position %d", self._name, self.position)
+        log.info("projector %r at position %d", self._name, self.position,
+                 extra=event("projector.leader.acquired"))

@@ -40,6 +40,7 @@ from recorder import projection_sql as q
 from recorder.config import Settings
 from recorder.database import DatabaseTarget, connect, open_database
 from recorder.errors import RebuildError
+from recorder.logs import event
 from recorder.progress import ProgressBar
 from recorder.projection import PROJECTION_NAME, apply_and_advance
 from recorder.projection_rows import Batch, LogRow
@@ -134,7 +135,8 @@ async def rebuild(
             await admin.execute(f"DROP SCHEMA IF EXISTS {REBUILD_SCHEMA} CASCADE")
             await admin.execute(q.UNLOCK, REBUILD_LOCK_KEY)
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-            log.warning("could not drop the %s schema: %s", REBUILD_SCHEMA, exc)
+            log.warning("could not drop the %s schema: %s", REBUILD_SCHEMA, exc,
+                        extra=event("rebuild.schema.drop_failed"))
         finally:
             await admin.close()
 

@@ -17,6 +17,8 @@ import orjson
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
+from recorder.logs import event
+
 log = logging.getLogger("recorder.api")
 
 PROBLEM_JSON = "application/problem+json"
@@ -97,5 +99,6 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except (asyncio.CancelledError, ConnectionResetError):
         raise
     except Exception:
-        log.exception("read API: unexpected error on %s %s", request.method, request.path)
+        log.exception("read API: unexpected error on %s %s", request.method, request.path,
+                      extra=event("api.request.failed"))
         return problem_response(500, "internal error; the server log has the details")

@@ -22,6 +22,7 @@ from recorder import api_sql as q
 from recorder.api import models as m
 from recorder.api.params import parse
 from recorder.api.routes import POOL, event_item
+from recorder.logs import event
 
 STOPPING = web.AppKey("stream_stopping", asyncio.Event)
 POLL_S = web.AppKey("stream_poll_s", float)
@@ -72,5 +73,6 @@ async def stream_events(request: web.Request) -> web.StreamResponse:
     except ConnectionResetError:
         pass  # the client went away
     except Exception:  # headers are sent: end the stream, the client resumes from its id
-        log.exception("read API: event stream stopped at position %d", position)
+        log.exception("read API: event stream stopped at position %d", position,
+                      extra=event("api.stream.failed"))
     return response

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from aiohttp import web
 
+from recorder.logs import event
 from recorder.simulator.faults import apply_variants, malformed_frame
 from recorder.simulator.journal import CloseRecord, SentFrame, has_unknown_event
 from recorder.simulator.model import Json
@@ -100,7 +101,8 @@ class Connection:
 
     async def _expire(self, identity: Identity) -> None:
         await asyncio.sleep(max(0.0, identity.exp - time.time()))
-        log.info("connection %s: token expired, closing %s", self.id, identity.expiry_close_code)
+        log.info("connection %s: token expired, closing %s", self.id, identity.expiry_close_code,
+                 extra=event("simulator.token.expired"))
         await self.close(identity.expiry_close_code, "token expired")
 
     def spawn(self, coroutine: Coroutine[Any, Any, Any]) -> None:
@@ -122,7 +124,8 @@ class Connection:
                     return
                 await self._route(item)
         except ConnectionError as exc:
-            log.debug("connection %s: write failed: %s", self.id, exc)
+            log.debug("connection %s: write failed: %s", self.id, exc,
+                      extra=event("simulator.connection.write_failed"))
             self.closed = True
 
     async def _route(self, item: Outgoing) -> None:

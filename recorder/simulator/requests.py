@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from recorder.logs import event
 from recorder.simulator import wire
 from recorder.simulator.checks import (
     BadRequest,
@@ -55,14 +56,17 @@ async def handle_text(sim: Simulator, conn: Connection, text: str) -> None:
     if sim.keep_journal:
         sim.received.append(ReceivedFrame(conn.id, conn.consumer, time.monotonic(), text, frame))
     if not isinstance(frame, dict):
-        log.warning("connection %s: ignoring a frame that is not a JSON object", conn.id)
+        log.warning("connection %s: ignoring a frame that is not a JSON object", conn.id,
+                    extra=event("simulator.frame.not_object"))
         return
     req_id = frame.get("id")
     if frame.get("kind", "req") != "req" or isinstance(req_id, bool) or req_id in (None, ""):
-        log.warning("connection %s: ignoring a frame that is not a request with an id", conn.id)
+        log.warning("connection %s: ignoring a frame that is not a request with an id", conn.id,
+                    extra=event("simulator.frame.not_request"))
         return
     if not isinstance(req_id, str | int):
-        log.warning("connection %s: ignoring a request whose id is %r", conn.id, req_id)
+        log.warning("connection %s: ignoring a request whose id is %r", conn.id, req_id,
+                    extra=event("simulator.frame.bad_id"))
         return
     delay = sim.faults.response_delay_ms
     if delay > 0:

@@ -13,6 +13,7 @@ import random
 from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
 
+from recorder.logs import event
 from recorder.simulator.model import POST_SURVEY, Dialog, Json, SimulatorError, new_uuid
 
 if TYPE_CHECKING:
@@ -144,7 +145,7 @@ class Script:
             await coroutine
         except SimulatorError as exc:
             # The conversation moved on meanwhile (closed, say): the agent just stops.
-            log.debug("scripted reaction skipped: %s", exc)
+            log.debug("scripted reaction skipped: %s", exc, extra=event("simulator.script.skipped"))
 
     async def stop(self) -> None:
         tasks = list(self._tasks)

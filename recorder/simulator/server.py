@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 import orjson
 from aiohttp import WSMsgType, web
 
+from recorder.logs import event
 from recorder.simulator import wire
 from recorder.simulator.connection import Connection
 from recorder.simulator.model import Conversation, Dialog, Json, new_uuid
@@ -127,7 +128,8 @@ class SimServer:
         await web.TCPSite(runner, host, port).start()
         self._runner = runner
         self.host, self.port = host, int(runner.addresses[0][1])
-        log.info("simulator listening on %s:%s", self.host, self.port)
+        log.info("simulator listening on %s:%s", self.host, self.port,
+                 extra=event("simulator.server.listening"))
 
     async def stop(self) -> None:
         connections = list(self.hub.connections.values())
@@ -174,7 +176,8 @@ class SimServer:
                 if message.type == WSMsgType.TEXT:
                     await handle_text(sim, conn, message.data)
                 else:
-                    log.warning("connection %s: ignoring a %s frame", conn.id, message.type.name)
+                    log.warning("connection %s: ignoring a %s frame", conn.id, message.type.name,
+                                extra=event("simulator.frame.ignored"))
         finally:
             self.hub.connections.pop(conn.id, None)
             await conn.shutdown()
@@ -185,7 +188,8 @@ class SimServer:
         try:
             properties = orjson.loads(raw)
         except orjson.JSONDecodeError:
-            log.warning("connection %s: Client-Properties is not JSON; ignored", conn.id)
+            log.warning("connection %s: Client-Properties is not JSON; ignored", conn.id,
+                        extra=event("simulator.client_properties.invalid"))
             return
         if isinstance(properties, dict):
             conn.set_client_properties(properties)

@@ -14,6 +14,7 @@ import random
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
+from recorder.logs import event
 from recorder.simulator.model import TTR_TYPES, SimulatorError
 from recorder.simulator.script import CONSUMER_LINES, REPLIES
 
@@ -132,7 +133,8 @@ async def run_traffic(
             remaining[consumer] -= 1
             steps = running[consumer] = conversation_steps(sim, consumer, rng, budget)
             if sim.world.open_conversation(consumer) is not None:
-                log.warning("traffic: consumer %s already has an open conversation", consumer)
+                log.warning("traffic: consumer %s already has an open conversation", consumer,
+                            extra=event("simulator.traffic.already_open"))
                 active.remove(consumer)
                 del running[consumer]
                 continue
@@ -143,7 +145,8 @@ async def run_traffic(
             continue
         except SimulatorError as exc:
             # Someone else (a test, a live client) changed the conversation: start another.
-            log.debug("traffic: conversation of %s ended early: %s", consumer, exc)
+            log.debug("traffic: conversation of %s ended early: %s", consumer, exc,
+                      extra=event("simulator.traffic.ended_early"))
             del running[consumer]
             continue
         count += 1

@@ -22,6 +22,7 @@ from typing import Any, Protocol
 import aiohttp
 import orjson
 
+from recorder.logs import event
 from recorder.ums import frames
 from recorder.ums.connection import (
     CloseInfo,
@@ -108,7 +109,8 @@ async def request_with_retry(
                 failed += 1
             else:
                 raise
-            log.info("%s answered %d; retrying in %.1fs", request_type, exc.code, delay)
+            log.info("%s answered %d; retrying in %.1fs", request_type, exc.code, delay,
+                     extra=event("ums.request.retry"))
             await asyncio.sleep(delay)
 
 
@@ -156,15 +158,17 @@ class ConsumerClient:
                 close = await self._session_once(token, stop)
                 self.closes.append(close)
                 if close.needs_fresh_token:
-                    log.info("identity %s: closed with %s; renewing token", self.name, close.code)
+                    log.info("identity %s: closed with %s; renewing token", self.name, close.code,
+                             extra=event("ums.token.rejected"))
                     fresh_token = True
             except UpgradeRefused as exc:
-                log.warning("identity %s: %s", self.name, exc)
+                log.warning("identity %s: %s", self.name, exc, extra=event("ums.connect.refused"))
                 fresh_token = exc.status == 401
             except TokenError as exc:
-                log.error("identity %s: %s", self.name, exc)
+                log.error("identity %s: %s", self.name, exc, extra=event("ums.token.invalid"))
             except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-                log.warning("identity %s: cannot connect: %s", self.name, type(exc).__name__)
+                log.warning("identity %s: cannot connect: %s", self.name, type(exc).__name__,
+                            extra=event("ums.connect.failed"))
             if stop.is_set():
                 break
             if time.monotonic() - started >= self.settings.stable_after:
@@ -218,7 +222,8 @@ class ConsumerClient:
         )
         self.connection = connection
         self.connections += 1
-        log.info("identity %s: session %s open", self.name, connection.session_id)
+        log.info("identity %s: session %s open", self.name, connection.session_id,
+                 extra=event("ums.session.opened"))
         if self._ledger is not None:
             await self._ledger.opened(connection, self.name, url)
         reader = asyncio.create_task(connection.run(), name=f"ums-reader-{self.name}")
@@ -238,6 +243,7 @@ class ConsumerClient:
         log.info(
             "identity %s: session %s closed (code %s %s)",
             self.name, connection.session_id, close.code, close.reason or close.error or "",
+            extra=event("ums.session.closed"),
         )
         await self._handler.on_disconnected(connection, close)
         if self._ledger is not None:
@@ -254,10 +260,12 @@ class ConsumerClient:
                 )
             await self._handler.on_connected(connection)
         except (ResponseError, RequestTimeout, ResponseUnreadable) as exc:
-            log.warning("identity %s: setting up the session failed: %s", self.name, exc)
+            log.warning("identity %s: setting up the session failed: %s", self.name, exc,
+                        extra=event("ums.session.setup_failed"))
             await connection.close(1011, "subscription failed")
         except Exception:
-            log.exception("identity %s: session setup crashed", self.name)
+            log.exception("identity %s: session setup crashed", self.name,
+                          extra=event("ums.session.setup_crashed"))
             await connection.close(1011, "subscription failed")
 
     async def _close_on(self, stop: asyncio.Event, connection: UmsConnection) -> None:
@@ -269,5 +277,6 @@ class ConsumerClient:
         if left is None or left <= self.settings.renew_before:
             return  # nothing fresher to be had now; the server's 4401 will tell us when
         await asyncio.sleep(left - self.settings.renew_before)
-        log.info("identity %s: token expires soon; reconnecting with a fresh one", self.name)
+        log.info("identity %s: token expires soon; reconnecting with a fresh one", self.name,
+                 extra=event("ums.token.expiring"))
         await connection.close(1000, "token renewal")

@@ -21,6 +21,7 @@ import aiohttp
 import orjson
 
 from recorder.errors import RecorderError
+from recorder.logs import event
 from recorder.ums import frames
 from recorder.ums.frames import MalformedFrame, Notification, Response
 from recorder.ums.pacing import TokenBucket
@@ -214,7 +215,8 @@ class UmsConnection:
         try:
             frame = frames.parse_frame(data)
         except MalformedFrame as error:
-            log.warning("malformed frame on session %s: %s", self.session_id, error.reason)
+            log.warning("malformed frame on session %s: %s", self.session_id, error.reason,
+                        extra=event("ums.frame.malformed"))
             waiter = self._pending.get(error.req_id) if error.req_id is not None else None
             if waiter is not None and not waiter.done():
                 waiter.set_exception(ResponseUnreadable(f"unreadable response: {error.reason}"))
@@ -225,12 +227,14 @@ class UmsConnection:
             if waiter is not None and not waiter.done():
                 waiter.set_result(frame)
             else:
-                log.info("response to unknown request %s (%s)", frame.req_id, frame.type)
+                log.info("response to unknown request %s (%s)", frame.req_id, frame.type,
+                         extra=event("ums.response.unknown"))
         elif isinstance(frame, Notification):
             self.events += len(frame.changes)
             await self._handle(self._handler.on_notification(self, frame, received_at))
         else:
-            log.info("frame of unexpected kind on session %s kept as other", self.session_id)
+            log.info("frame of unexpected kind on session %s kept as other", self.session_id,
+                     extra=event("ums.frame.other"))
             await self._handle(self._handler.on_other(self, frame, received_at))
 
     async def _handle(self, work: Any) -> None:
@@ -252,11 +256,12 @@ class UmsConnection:
             except RequestTimeout:
                 if self._handling:
                     continue  # we are the ones not reading; the server is not to blame
-                log.warning("no GetClock reply within %.0fs: closing session", self._clock_timeout)
+                log.warning("no GetClock reply within %.0fs: closing session", self._clock_timeout,
+                            extra=event("ums.keepalive.timeout"))
                 await self.close(KEEPALIVE_CLOSE_CODE, "keepalive timeout")
                 return
             except (ConnectionClosed, ConnectionError, ResponseError, RuntimeError) as exc:
-                log.debug("keepalive stopped: %r", exc)
+                log.debug("keepalive stopped: %r", exc, extra=event("ums.keepalive.stopped"))
                 if isinstance(exc, ResponseError):
                     continue
                 return

@@ -21,6 +21,7 @@ import asyncpg
 
 from recorder import sql
 from recorder.appender import AppendResult
+from recorder.logs import event as log_event
 from recorder.ums.connection import CloseInfo, UmsConnection
 
 log = logging.getLogger(__name__)
@@ -96,6 +97,7 @@ class DatabaseSessionLedger:
                 None if close is None else close.code, reason,
             ), self._timeout)
         except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-            log.warning("sessions ledger not updated (%s); will retry", type(exc).__name__)
+            log.warning("sessions ledger not updated (%s); will retry", type(exc).__name__,
+                        extra=log_event("ums.ledger.update_failed"))
             return False
         return True

@@ -13,6 +13,7 @@ import asyncio
 import logging
 from typing import Any, Protocol
 
+from recorder.logs import event
 from recorder.ums import frames
 from recorder.ums.client import ClientSettings, request_with_retry
 from recorder.ums.connection import (
@@ -130,13 +131,16 @@ class Subscriber:
             self.subscription_errors += 1
             if exc.code < 500:
                 # Refused for good (e.g. not this consumer's dialog): retrying cannot help.
-                log.error("dialog %s refused: %s", dialog_id, exc)
+                log.error("dialog %s refused: %s", dialog_id, exc,
+                          extra=event("ums.dialog.refused"))
                 return
-            log.warning("subscribing dialog %s failed: %s; reconnecting", dialog_id, exc)
+            log.warning("subscribing dialog %s failed: %s; reconnecting", dialog_id, exc,
+                        extra=event("ums.dialog.subscribe_failed"))
             await connection.close(1011, "dialog subscription failed")
         except RequestTimeout as exc:
             self.subscription_errors += 1
-            log.warning("subscribing dialog %s failed: %s; reconnecting", dialog_id, exc)
+            log.warning("subscribing dialog %s failed: %s; reconnecting", dialog_id, exc,
+                        extra=event("ums.dialog.subscribe_failed"))
             # A dialog we cannot follow would lose events silently: start the session over.
             await connection.close(1011, "dialog subscription failed")
         except ConnectionClosed:

@@ -19,6 +19,7 @@ import aiohttp
 import jwt
 
 from recorder.errors import RecorderError
+from recorder.logs import event, register_secret
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +45,13 @@ class ConsumerToken:
 
 
 def decode_token(value: str, *, unauthenticated: bool = False) -> ConsumerToken:
-    """Read `sub` and `exp` without verifying the signature (LivePerson verifies it)."""
+    """Read `sub` and `exp` without verifying the signature (LivePerson verifies it).
+
+    Every token recorder obtains (configured, re-read from its file, signed up) passes here,
+    so here it is registered with the log redaction, readable or not.
+    """
     token = value.strip()
+    register_secret(token, transient=True)
     try:
         claims = jwt.decode(token, options={"verify_signature": False, "verify_exp": False})
     except jwt.PyJWTError as exc:
@@ -86,7 +92,8 @@ class StaticTokenSource:
         return self._token
 
     async def refresh(self) -> ConsumerToken:
-        log.warning("identity %s: a fresh token is needed but the token is static", self.name)
+        log.warning("identity %s: a fresh token is needed but the token is static", self.name,
+                    extra=event("ums.token.static"))
         return await self.current()
 
 
@@ -115,7 +122,8 @@ class FileTokenSource:
     async def refresh(self) -> ConsumerToken:
         token = await asyncio.to_thread(self._read)
         if self._token is not None and token.value == self._token.value:
-            log.warning("identity %s: token file %s holds no newer token", self.name, self._path)
+            log.warning("identity %s: token file %s holds no newer token", self.name, self._path,
+                        extra=event("ums.token.unchanged"))
         self._token = token
         return token
 
@@ -159,5 +167,6 @@ class SignupTokenSource:
         if not isinstance(value, str):
             raise TokenError(f"signup at {url} returned no `jwt`")
         token = decode_token(value, unauthenticated=True)
-        log.info("identity %s: signed up as consumer %s", self.name, token.sub)
+        log.info("identity %s: signed up as consumer %s", self.name, token.sub,
+                 extra=event("ums.token.signed_up"))
         return token
