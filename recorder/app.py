@@ -1,10 +1,11 @@
 """The composition root: builds the daemon's components and wires them together.
 
-Start order: projector, writer, sessions ledger, one client per identity, the export
-scheduler (when `[[exports]]` are configured), the read API. Stop order is the reverse: the API
-stops answering, no new export starts (a running one may finish), sockets close, the ledger
-writes its counters, the writer flushes and commits what was queued, and the projector
-catches up with it.
+Start order: the service watchdog (READY=1 once the API is up), projector, writer, sessions
+ledger, one client per identity, the export scheduler (when `[[exports]]` are configured), the
+read API. Stop order is the reverse: the API stops answering, no new export starts (a running
+one may finish), sockets close, the ledger writes its counters, the writer flushes and commits
+what was queued, the projector catches up with it, and the watchdog, which pinged systemd
+throughout, stops last.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from recorder.exports.runner import Exporter
 from recorder.exports.scheduler import ExportScheduler
 from recorder.identities import require_recording_settings, token_source
 from recorder.metrics import Metrics
+from recorder.notify import Notifier
 from recorder.projector import Projector
 from recorder.recording import CursorStore, RecordingSink, load_cursors
 from recorder.supervisor import Supervisor
@@ -34,6 +36,7 @@ from recorder.ums.client import ClientSettings, ConsumerClient
 from recorder.ums.discovery import Discovery
 from recorder.ums.ledger import DatabaseSessionLedger
 from recorder.ums.subscriptions import Subscriber
+from recorder.watchdog import ServiceWatchdog
 from recorder.writer import EventWriter
 
 
@@ -47,6 +50,7 @@ class App:
     sinks: list[RecordingSink]
     supervisor: Supervisor
     metrics: Metrics
+    watchdog: ServiceWatchdog
     exports: ExportScheduler | None = None
 
     async def run(self, stop: asyncio.Event) -> int:
@@ -54,13 +58,14 @@ class App:
 
 
 def serve_api(
-    api: web.Application, host: str, port: int
+    api: web.Application, host: str, port: int, ready: asyncio.Event
 ) -> Callable[[asyncio.Event], Coroutine[Any, Any, None]]:
     async def serve(stop: asyncio.Event) -> None:
         runner = web.AppRunner(api, access_log=None)
         await runner.setup()
         try:
             await web.TCPSite(runner, host, port).start()
+            ready.set()
             await stop.wait()
         finally:
             await runner.cleanup()
@@ -74,6 +79,8 @@ async def build_app(
     target: DatabaseTarget,
     *,
     client_settings: ClientSettings | None = None,
+    notifier: Notifier | None = None,
+    writer_stuck_after_s: float = 90.0,
 ) -> AsyncIterator[App]:
     account = require_recording_settings(settings)
     api_host, api_port = settings.api_host_port
@@ -110,10 +117,22 @@ async def build_app(
                 ums_url = configured_ums_url
 
             supervisor = Supervisor()
+            api_ready = asyncio.Event()
+            clients: list[ConsumerClient] = []
+
+            def identities() -> tuple[int, int]:
+                up = sum(1 for c in clients if c.connection is not None and not c.connection.closed)
+                return up, len(clients)
+
+            watchdog = ServiceWatchdog(
+                notifier or Notifier({}), writer, projector, identities, ready=api_ready,
+                writer_stuck_after_s=writer_stuck_after_s,
+            )
+            # First: stopped last, so systemd keeps hearing from us while the rest drains.
+            supervisor.add("watchdog", watchdog.run, drain_s=5)
             supervisor.add("projector", projector.run, drain_s=30)
             supervisor.add("writer", writer.run, drain_s=30)
             supervisor.add("sessions-ledger", ledger.run, drain_s=5)
-            clients: list[ConsumerClient] = []
             sinks: list[RecordingSink] = []
             for identity in settings.identities():
                 sink = RecordingSink(writer, cursors, account)
@@ -126,7 +145,8 @@ async def build_app(
                     ledger=ledger,
                     settings=client_settings,
                 )
-                supervisor.add(f"identity {identity.name}", client.run, drain_s=10)
+                supervisor.add(f"identity {identity.name}", client.run, drain_s=10,
+                               group="identities")
                 clients.append(client)
                 sinks.append(sink)
             metrics = Metrics()
@@ -140,9 +160,9 @@ async def build_app(
                 supervisor.add("exports", exports.run, drain_s=60)
             api = create_app(pool, token=api_token, metrics_render=metrics.render)
             # Added last: stopped first, so the API answers until the sockets close.
-            supervisor.add("api", serve_api(api, api_host, api_port), drain_s=5)
+            supervisor.add("api", serve_api(api, api_host, api_port, api_ready), drain_s=5)
             app = App(writer, projector, ledger, cursors, clients, sinks, supervisor, metrics,
-                      exports)
+                      watchdog, exports)
             metrics.attach(app)
             yield app
     finally:

@@ -179,12 +179,20 @@ def _secret(value: Any, name: str) -> Secret:
 
 def _readable_file(value: Any, name: str) -> Path:
     path = Path(_text(value, name)).expanduser()
-    if not path.is_file():
-        raise ConfigError(name, f"file {str(path)!r} does not exist or is not a file")
     try:
+        if not path.is_file():
+            raise ConfigError(name, f"file {str(path)!r} does not exist or is not a file")
         path.read_bytes()
     except OSError as exc:
         raise ConfigError(name, f"file {str(path)!r} cannot be read: {exc.strerror}") from exc
+    return path
+
+
+def _token_file(value: Any, name: str) -> Path:
+    """A file holding a token: readable and not empty at start (it is re-read later)."""
+    path = _readable_file(value, name)
+    if not path.read_bytes().strip():
+        raise ConfigError(name, f"file {str(path)!r} is empty")
     return path
 
 
@@ -247,7 +255,7 @@ SETTINGS: tuple[SettingSpec, ...] = (
         secret=True,
     ),
     SettingSpec(
-        "consumer_jwt_file", "RECORDER_CONSUMER_JWT_FILE", _readable_file,
+        "consumer_jwt_file", "RECORDER_CONSUMER_JWT_FILE", _token_file,
         "file holding that JWT, re-read whenever a fresh token is needed", "none",
     ),
     SettingSpec(
@@ -323,7 +331,7 @@ def _parse_consumers(raw: Any) -> tuple[ConsumerIdentity, ...]:
                 name=name,
                 jwt=_secret(entry["jwt"], f"{where}.jwt") if "jwt" in entry else None,
                 jwt_file=(
-                    _readable_file(entry["jwt_file"], f"{where}.jwt_file")
+                    _token_file(entry["jwt_file"], f"{where}.jwt_file")
                     if "jwt_file" in entry
                     else None
                 ),

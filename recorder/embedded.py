@@ -7,7 +7,9 @@ when the last of them releases it, so `recorder status` can run beside `recorder
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import os
 import warnings
 from pathlib import Path
 from typing import Any
@@ -18,6 +20,39 @@ from recorder.logs import event
 log = logging.getLogger(__name__)
 
 DATABASE_NAME = "recorder"
+#: pgserver's list of processes using the server; the last one to leave stops it.
+HANDLES_FILE = ".handle_pids.json"
+
+
+def forget_dead_handles(path: Path) -> list[int]:
+    """Drop processes that died without releasing the server (kill -9, a watchdog abort).
+
+    Otherwise their pids stay in the list for good, no later process is ever the last one,
+    and nobody stops the server: each stop then ends in a SIGKILL and crash recovery.
+    Call it under pgserver's lock. Returns the pids dropped.
+    """
+    try:
+        pids = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return []
+    if not isinstance(pids, list):
+        return []
+    alive = [pid for pid in pids if isinstance(pid, int) and _alive(pid)]
+    if alive != pids:
+        path.write_text(json.dumps(alive))
+        log.info("embedded PostgreSQL: forgot %d exited processes", len(pids) - len(alive),
+                 extra=event("embedded.handles.pruned"))
+    return [pid for pid in pids if pid not in alive]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # exists, owned by someone else
+    return True
 
 
 class EmbeddedPostgres:
@@ -50,8 +85,10 @@ class EmbeddedPostgres:
             # platformdirs warns when XDG_RUNTIME_DIR is unset (services, CI); its fallback is fine.
             warnings.simplefilter("ignore")
             # late: it takes locks and registers atexit handlers on import
-            from pgserver.postgres_server import get_server
+            from pgserver.postgres_server import PostgresServer, get_server
 
+        with PostgresServer._lock:
+            forget_dead_handles(self.data_dir / HANDLES_FILE)
         server = get_server(self.data_dir, cleanup_mode="stop")
         exists = server.psql(
             f"SELECT 1 FROM pg_database WHERE datname = '{DATABASE_NAME}';"

@@ -25,6 +25,7 @@ from recorder.appender import AppendResult, BatchAppender, LogIntegrityError, Qu
 from recorder.database import DatabaseTarget
 from recorder.errors import WriterStoppedError
 from recorder.leadership import LeaderConnection
+from recorder.logs import event
 
 __all__ = ["AppendResult", "EventWriter", "LogIntegrityError", "WriterStats"]
 
@@ -97,12 +98,20 @@ class EventWriter:
         self._stopped = False
         self._drain_deadline: float | None = None
         self.head = 0
+        #: monotonic start of the commit in flight (None: none); the watchdog reads it
+        self._commit_started: float | None = None
         self.stats = WriterStats()
         self._appender = BatchAppender(lambda: self.head, self._count_fallback)
 
     @property
     def is_leader(self) -> bool:
         return self._leader.is_leader
+
+    def stalled_s(self) -> float:
+        """How long the commit in flight has been running; 0 when none is. Retries through
+        an outage are not a stall: each attempt ends (by error or timeout) and a new begins."""
+        started = self._commit_started
+        return 0.0 if started is None else time.monotonic() - started
 
     # -- producer side ---------------------------------------------------------------------------
 
@@ -153,7 +162,8 @@ class EventWriter:
             unwritten += self.queue.qsize()
             if unwritten:
                 # Not lost upstream: cursors advance only after commit, so these are re-fetched.
-                log.warning("writer stopped with %d queued events not written", unwritten)
+                log.warning("writer stopped with %d queued events not written", unwritten,
+                            extra=event("writer.drain.incomplete"))
             await self._leader.close()
 
     async def _next_batch(self, stop: asyncio.Event, draining: bool) -> list[QueueItem] | None:
@@ -208,7 +218,11 @@ class EventWriter:
                     return False
                 # After a failure the last attempt may have committed without our hearing.
                 committed_after = head_before if attempt else None
-                result = await self._appender.append(connection, batch, committed_after)
+                self._commit_started = time.monotonic()
+                try:
+                    result = await self._appender.append(connection, batch, committed_after)
+                finally:
+                    self._commit_started = None
                 self._publish(result)
                 return True
             except TRANSIENT_ERRORS as exc:
@@ -220,6 +234,7 @@ class EventWriter:
                 log.warning(
                     "database unavailable (%s: %s); retrying %d events in %.2fs (attempt %d)",
                     type(exc).__name__, exc, len(batch), delay, attempt,
+                    extra=event("writer.outage.retry"),
                 )
                 if stop.is_set():
                     if self._drain_deadline is None:
@@ -232,7 +247,7 @@ class EventWriter:
         self.head = int(await connection.fetchval(sql.HEAD))
         await _warn_if_not_durable(connection)
         self.stats.connections += 1
-        log.info("event log writer at head %d", self.head)
+        log.info("event log writer at head %d", self.head, extra=event("writer.leader.acquired"))
 
     def _count_fallback(self) -> None:
         self.stats.row_fallbacks += 1
@@ -243,7 +258,8 @@ class EventWriter:
         self.stats.duplicates += len(result.duplicates)
         self.stats.quarantined += len(result.quarantined)
         if result.quarantined:
-            log.error("quarantined %d frames; see the quarantine table", len(result.quarantined))
+            log.error("quarantined %d frames; see the quarantine table", len(result.quarantined),
+                      extra=event("writer.frames.quarantined"))
         if result.head > self.head:
             self.head = result.head
         result.head = self.head
@@ -251,7 +267,7 @@ class EventWriter:
             try:
                 listener(result)
             except Exception:
-                log.exception("writer listener failed")
+                log.exception("writer listener failed", extra=event("writer.listener.failed"))
         # Wake every waiter, then arm a fresh event for the next commit.
         self._head_changed.set()
         self._head_changed = asyncio.Event()
@@ -261,6 +277,7 @@ async def _warn_if_not_durable(connection: asyncpg.Connection) -> None:
     settings = dict(await connection.fetch(sql.SERVER_SETTINGS))
     for name in ("fsync", "full_page_writes"):
         if settings.get(name) == "off":
-            log.error("PostgreSQL has %s = off: committed events can be lost in a crash", name)
+            log.error("PostgreSQL has %s = off: committed events can be lost in a crash", name,
+                      extra=event("writer.durability.off"))
 
 

@@ -537,3 +537,20 @@ def test_a_consumer_named_default_clashes_with_the_single_identity(tmp_path: Pat
     with pytest.raises(ConfigError) as caught:
         load_settings(config, environ={"RECORDER_CONSUMER_JWT": "a.b.c"})
     assert caught.value.setting == "consumers"
+
+
+def test_an_empty_or_unreadable_token_file_is_rejected_at_start(tmp_path: Path) -> None:
+    empty = write_file(tmp_path, "jwt", " \n")
+    with pytest.raises(ConfigError) as caught:
+        load_settings(environ={"RECORDER_CONSUMER_JWT_FILE": str(empty)})
+    assert_names(caught.value, "RECORDER_CONSUMER_JWT_FILE")
+    assert "empty" in str(caught.value)
+    config = tmp_path / "many.toml"
+    config.write_text(f'[[consumers]]\nname = "web"\njwt_file = "{empty}"\n')
+    with pytest.raises(ConfigError) as caught:
+        load_settings(config, environ={})
+    assert_names(caught.value, "consumers[0].jwt_file")
+    # A path under a file (ENOTDIR from the stat) is a configuration error, not a traceback.
+    with pytest.raises(ConfigError) as caught:
+        load_settings(environ={"RECORDER_CONSUMER_JWT_FILE": str(empty / "below")})
+    assert_names(caught.value, "RECORDER_CONSUMER_JWT_FILE")
