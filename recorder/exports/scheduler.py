@@ -75,23 +75,25 @@ class ExportScheduler:
             self._slots[event.job_id] = max(event.scheduled_run_times)
 
     async def _fire(self, name: str) -> None:
-        task = asyncio.current_task()
-        assert task is not None
+        # APScheduler's executor cancels the jobs it runs when it shuts down; the export runs
+        # as a task of our own, so a stop lets it finish within the component's drain time.
+        slot = self._slots.pop(name, None)
+        task = asyncio.create_task(self._export(name, slot), name=f"export {name}")
         self._running.add(task)
+        task.add_done_callback(self._running.discard)
+        await asyncio.shield(task)
+
+    async def _export(self, name: str, slot: dt.datetime | None) -> None:
+        job = self.jobs[name]
         try:
-            job = self.jobs[name]
-            slot = self._slots.pop(name, None)
-            try:
-                await self.exporter.run_job(job, scheduled_for=slot)
-            except JobBusyError:
-                log.info("export %s: another instance is running it; skipped", name,
-                         extra=event("export.run.busy"))
-            except Exception:
-                log.exception("export %s failed; its window is redone by the next run", name,
-                              extra=event("export.run.failed"))
-                if self._on_failure is not None:
-                    self._on_failure(name)
-            finally:
-                self.runs += 1
+            await self.exporter.run_job(job, scheduled_for=slot)
+        except JobBusyError:
+            log.info("export %s: another instance is running it; skipped", name,
+                     extra=event("export.run.busy"))
+        except Exception:
+            log.exception("export %s failed; its window is redone by the next run", name,
+                          extra=event("export.run.failed"))
+            if self._on_failure is not None:
+                self._on_failure(name)
         finally:
-            self._running.discard(task)
+            self.runs += 1
