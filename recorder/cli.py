@@ -77,6 +77,12 @@ async def cmd_export(settings: Settings, args: argparse.Namespace) -> int:
     return await export_command(settings, args)
 
 
+async def cmd_grant_reader(settings: Settings, args: argparse.Namespace) -> int:
+    from recorder.grants import grant_reader_command
+
+    return await grant_reader_command(settings, args)
+
+
 async def cmd_simulate(settings: Settings, args: argparse.Namespace) -> int:
     return await simulator_cli.run_simulator(args, default_account=settings.account)
 
@@ -168,6 +174,15 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_arguments(export_parser)
     export_parser.set_defaults(handler=cmd_export)
 
+    from recorder import grants
+
+    grant_parser = commands.add_parser(
+        "grant-reader", help="create (or grant to) a role that can only SELECT the documented "
+        "tables and views"
+    )
+    grants.add_arguments(grant_parser)
+    grant_parser.set_defaults(handler=cmd_grant_reader)
+
     simulate_parser = commands.add_parser(
         "simulate", help="run the LivePerson UMS simulator (websocket, CSDS, IdP) until stopped"
     )
@@ -175,7 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
     simulate_parser.set_defaults(handler=cmd_simulate)
 
     for name, subparser in commands.choices.items():
-        mirror_environment(subparser, f"RECORDER_{name.upper()}_")
+        mirror_environment(subparser, f"RECORDER_{name.upper().replace('-', '_')}_")
     return parser
 
 

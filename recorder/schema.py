@@ -186,6 +186,8 @@ conversations = Table(
     Index("conversations_consumer_id_idx", "consumer_id"),
     Index("conversations_updated_at_idx", "updated_at"),
     Index("conversations_last_position_idx", "last_position"),
+    Index("conversations_start_ts_idx", "start_ts"),
+    Index("conversations_start_day_idx", text("((timezone('UTC', start_ts))::date)")),
 )
 
 dialogs = Table(

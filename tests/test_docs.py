@@ -57,7 +57,7 @@ def test_every_command_option_has_an_environment_mirror(monkeypatch: pytest.Monk
     for name, subparser in commands.items():
         for action in subparser._actions:
             if action.option_strings and action.dest != "help":
-                env = f"RECORDER_{name.upper()}_{action.dest.upper()}"
+                env = f"RECORDER_{name.upper().replace('-', '_')}_{action.dest.upper()}"
                 assert f"[env: {env}]" in (action.help or ""), env
     for action in parser._actions:  # global options mirror the settings
         if action.option_strings and action.dest not in ("help", "version"):
