@@ -113,12 +113,13 @@ async def generate(workload: Workload, count: int, slice_size: int = 2_000) -> l
     return records
 
 
-async def load_log(dsn: str, workload: Workload, total: int, chunk: int) -> float:
+async def load_log(dsn: str, workload: Workload, total: int, chunk: int, head: int = 0) -> float:
+    """COPY the workload into `events` at positions head + 1 .. total; log_head = total."""
     connection = await asyncpg.connect(dsn)
     started = time.perf_counter()
     copying: asyncio.Task[Any] | None = None
     try:
-        done = 0
+        done = head
         next_report = started + 10
         while done < total:
             records = await generate(workload, min(chunk, total - done))
@@ -132,7 +133,7 @@ async def load_log(dsn: str, workload: Workload, total: int, chunk: int) -> floa
             if time.perf_counter() >= next_report:
                 next_report += 10
                 say(f"  loaded {done:,}/{total:,} events "
-                    f"({done / (time.perf_counter() - started):,.0f}/s)")
+                    f"({(done - head) / (time.perf_counter() - started):,.0f}/s)")
         if copying is not None:
             await copying
         await connection.execute("UPDATE log_head SET position = $1 WHERE id = 1", total)

@@ -64,13 +64,11 @@ import pyarrow.parquet as pq
 
 # bench/ is not a package: reuse append.py's and api.py's workload, database rule and helpers.
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from api import generate, load_log, machine_busy_cpu_s, process_cpu_s
+from api import load_log, machine_busy_cpu_s, process_cpu_s
 from append import (
-    COPY_COLUMNS,
     CorrectnessError,
     Workload,
     bench_database,
-    copy_rows,
     report,
     say,
     server_settings,
@@ -89,41 +87,6 @@ DEFAULT_PAGE_ROWS: int = inspect.signature(Exporter).parameters["page_rows"].def
 
 
 # -- the log -------------------------------------------------------------------------------------
-
-
-async def grow_log(dsn: str, workload: Workload, head: int, total: int, chunk: int) -> float:
-    """load_log from position head + 1 up to total: the same workload, going on."""
-    connection = await asyncpg.connect(dsn)
-    started = time.perf_counter()
-    copying: asyncio.Future[Any] | None = None
-    try:
-        done = head
-        next_report = started + 10
-        while done < total:
-            records = await generate(workload, min(chunk, total - done))
-            rows = copy_rows(records, done + 1)
-            del records
-            if copying is not None:
-                await copying
-            copying = asyncio.ensure_future(connection.copy_records_to_table(
-                "events", records=rows, columns=COPY_COLUMNS))
-            done += len(rows)
-            if time.perf_counter() >= next_report:
-                next_report += 10
-                say(f"  loaded {done:,}/{total:,} events "
-                    f"({(done - head) / (time.perf_counter() - started):,.0f}/s)")
-        if copying is not None:
-            await copying
-        await connection.execute("UPDATE log_head SET position = $1 WHERE id = 1", total)
-        count, low, high = await connection.fetchrow(
-            "SELECT count(*), min(position), max(position) FROM events")
-        if (count, low, high) != (total, 1, total):
-            raise CorrectnessError(f"log not contiguous 1..{total}: {count=} {low=} {high=}")
-    finally:
-        if copying is not None and not copying.done():
-            copying.cancel()
-        await connection.close()
-    return time.perf_counter() - started
 
 
 async def vacuum(dsn: str) -> float:
@@ -536,7 +499,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
                 if head == 0:
                     load_s = await load_log(target.dsn, workload, size, args.copy_chunk)
                 else:
-                    load_s = await grow_log(target.dsn, workload, head, size, args.copy_chunk)
+                    load_s = await load_log(target.dsn, workload, size, args.copy_chunk, head=head)
                 vacuum_s = await vacuum(target.dsn)
                 stats = await log_stats(target.dsn)
                 say(f"  {load_s:.1f}s ({(size - head) / load_s:,.0f} events/s), VACUUM "
