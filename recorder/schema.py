@@ -234,7 +234,9 @@ messages = Table(
     Column("event", JSONB),  # the raw event, only for types the projection does not interpret
     Column("server_ts", TIMESTAMPTZ),
     Column("position", BigInteger, nullable=False),
-    Index("messages_conversation_dialog_sequence_idx", "conversation_id", "dialog_id", "sequence"),
+    # INCLUDE: index-only scans for v_conversation_facts (migration 0004)
+    Index("messages_conversation_dialog_sequence_idx", "conversation_id", "dialog_id", "sequence",
+          postgresql_include=["event_type", "originator_role", "server_ts"]),
 )
 
 receipts = Table(
