@@ -13,7 +13,7 @@
       csv, output counted and discarded -> copy_events_per_s; the same split into the
       exporter's pages (--page-rows) -> copy_paged_events_per_s.
    b. Export, in a fresh child process (multiprocessing, spawn):
-      `Exporter(target).run_adhoc("events", "parquet", "zstd", ".parquet", out)`, the code
+      `Exporter(target).run_adhoc("events", "parquet", "zstd", out)`, the code
       path of `recorder export`, timed from the call to its return (imports and the
       process's start excluded). The child reports its peak RSS (VmHWM) -> peak_rss_mb, its
       RSS before the export started, its RSS sampled at each page (max over the first and
@@ -228,7 +228,7 @@ def export_child(pipe: Connection, target: DatabaseTarget, out: str,
         pipe.recv()
         before_kb = rss_kb()
         cpu0, started = time.process_time(), time.perf_counter()
-        manifest = asyncio.run(exporter.run_adhoc("events", "parquet", "zstd", ".parquet",
+        manifest = asyncio.run(exporter.run_adhoc("events", "parquet", "zstd",
                                                   Path(out), progress=progress))
         elapsed = time.perf_counter() - started
         cpu = time.process_time() - cpu0

@@ -121,8 +121,7 @@ async def build_app(
             clients: list[ConsumerClient] = []
 
             def identities() -> tuple[int, int]:
-                up = sum(1 for c in clients if c.connection is not None and not c.connection.closed)
-                return up, len(clients)
+                return sum(1 for c in clients if c.connected), len(clients)
 
             watchdog = ServiceWatchdog(
                 notifier or Notifier({}), writer, projector, identities, ready=api_ready,

@@ -14,13 +14,12 @@ import os
 import sys
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
-from urllib.parse import parse_qsl, unquote, urlsplit
 
 import orjson
 
 from recorder import __version__, migrate
 from recorder.config import Settings, load_settings
-from recorder.database import open_database
+from recorder.database import open_database, url_passwords
 from recorder.errors import RecorderError
 from recorder.logs import configure_logging, event, redact, register_secret
 from recorder.simulator import cli as simulator_cli
@@ -203,17 +202,6 @@ def register_settings_secrets(settings: Settings) -> None:
     if settings.database_url is not None:
         for password in url_passwords(settings.database_url.reveal()):
             register_secret(password)
-
-
-def url_passwords(url: str) -> list[str]:
-    """The password(s) in a database URL (user part and `?password=`), as written and decoded."""
-    try:
-        parts = urlsplit(url)
-        found = [parts.password] if parts.password else []
-    except ValueError:
-        return []
-    found += [value for key, value in parse_qsl(parts.query) if key.lower() == "password"]
-    return [form for value in found for form in {value, unquote(value)}]
 
 
 def run_event_loop(work: Coroutine[Any, Any, int]) -> int:

@@ -6,7 +6,7 @@ import contextlib
 import dataclasses
 import logging
 from collections.abc import AsyncIterator
-from urllib.parse import parse_qsl, urlencode, urlsplit
+from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
 
 import asyncpg
 
@@ -64,6 +64,17 @@ def mask_url(url: str) -> str:
     query = f"?{parts.query}" if parts.query else ""
     fragment = f"#{parts.fragment}" if parts.fragment else ""
     return f"{parts.scheme}://{parts.netloc}{parts.path}{query}{fragment}"
+
+
+def url_passwords(url: str) -> list[str]:
+    """The password(s) in a database URL (user part and `?password=`), as written and decoded."""
+    try:
+        parts = urlsplit(url)
+        found = [parts.password] if parts.password else []
+    except ValueError:
+        return []
+    found += [value for key, value in parse_qsl(parts.query) if key.lower() == "password"]
+    return [form for value in found for form in {value, unquote(value)}]
 
 
 @contextlib.asynccontextmanager

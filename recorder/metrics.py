@@ -189,9 +189,7 @@ class Metrics:
             self.projection_lag_events.set(max(0, head - projector.position))
             self.projection_lag_seconds.set(projector.lag_s or 0.0)
         for index, client in enumerate(self._clients):
-            connection = client.connection
-            connected = connection is not None and not connection.closed
-            self.identity_connected.labels(identity=client.name).set(1 if connected else 0)
+            self.identity_connected.labels(identity=client.name).set(1 if client.connected else 0)
             closes = client.closes
             for close in closes[self._closes_counted[index]:]:
                 code = "none" if close.code is None else str(close.code)

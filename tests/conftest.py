@@ -20,7 +20,7 @@ import pytest
 
 from recorder import migrate
 from recorder.database import DatabaseTarget, to_asyncpg_dsn
-from tests.helpers import with_database
+from tests.helpers import admin, with_database
 
 
 @pytest.fixture(scope="session")
@@ -42,22 +42,13 @@ def server_dsn() -> Iterator[str]:
         shutil.rmtree(state_dir, ignore_errors=True)
 
 
-async def _admin(server_dsn: str, *statements: str) -> None:
-    connection = await asyncpg.connect(server_dsn)
-    try:
-        for statement in statements:
-            await connection.execute(statement)
-    finally:
-        await connection.close()
-
-
 @pytest.fixture(scope="session")
 def template_database(server_dsn: str) -> Iterator[str]:
     """Name of a database migrated to head, used as the template for each test's database."""
     name = f"recorder_template_{os.getpid()}"
 
     async def create() -> None:
-        await _admin(server_dsn, f"DROP DATABASE IF EXISTS {name}", f"CREATE DATABASE {name}")
+        await admin(server_dsn, f"DROP DATABASE IF EXISTS {name}", f"CREATE DATABASE {name}")
         target = DatabaseTarget(dsn=with_database(server_dsn, name), embedded=False)
         await migrate.upgrade(target)
 
@@ -65,29 +56,29 @@ def template_database(server_dsn: str) -> Iterator[str]:
     try:
         yield name
     finally:
-        asyncio.run(_admin(server_dsn, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+        asyncio.run(admin(server_dsn, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
 
 
 @pytest.fixture
 async def empty_database(server_dsn: str) -> AsyncIterator[DatabaseTarget]:
     """A fresh database with no schema at all."""
     name = f"recorder_test_{uuid.uuid4().hex[:12]}"
-    await _admin(server_dsn, f"CREATE DATABASE {name}")
+    await admin(server_dsn, f"CREATE DATABASE {name}")
     try:
         yield DatabaseTarget(dsn=with_database(server_dsn, name), embedded=False)
     finally:
-        await _admin(server_dsn, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        await admin(server_dsn, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
 @pytest.fixture
 async def database(server_dsn: str, template_database: str) -> AsyncIterator[DatabaseTarget]:
     """A fresh database at the head revision."""
     name = f"recorder_test_{uuid.uuid4().hex[:12]}"
-    await _admin(server_dsn, f"CREATE DATABASE {name} TEMPLATE {template_database}")
+    await admin(server_dsn, f"CREATE DATABASE {name} TEMPLATE {template_database}")
     try:
         yield DatabaseTarget(dsn=with_database(server_dsn, name), embedded=False)
     finally:
-        await _admin(server_dsn, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        await admin(server_dsn, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
 @pytest.fixture

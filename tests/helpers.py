@@ -16,6 +16,17 @@ from recorder.events import EventRecord, dedupe_digest
 SESSION_ID = str(uuid.UUID(int=1))
 
 
+async def admin(dsn: str, *statements: str) -> None:
+    """Run statements on their own connection (CREATE/DROP DATABASE cannot run in a
+    transaction, nor on the database they name)."""
+    connection = await asyncpg.connect(dsn)
+    try:
+        for statement in statements:
+            await connection.execute(statement)
+    finally:
+        await connection.close()
+
+
 def with_database(dsn: str, name: str) -> str:
     """The same server DSN, pointing at database `name` (query such as ?host= kept)."""
     return urlunsplit(urlsplit(dsn)._replace(path=f"/{name}"))

@@ -14,8 +14,9 @@ import orjson
 import pytest
 
 from recorder import logs
-from recorder.cli import register_settings_secrets, url_passwords
+from recorder.cli import register_settings_secrets
 from recorder.config import ConsumerIdentity, Secret, Settings
+from recorder.database import url_passwords
 from recorder.logs import (
     RedactionFilter,
     clear_secrets,

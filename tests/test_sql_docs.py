@@ -54,7 +54,7 @@ from tests.faults.harness import (
     settings_for,
     static_identities,
 )
-from tests.helpers import assert_log_contiguous, with_database
+from tests.helpers import admin, assert_log_contiguous, with_database
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "sql.md"
 SEED = 20261125
@@ -283,15 +283,6 @@ class Filled:
         return max(candidates, key=lambda c: (c.messages, c.conversation_id)).conversation_id
 
 
-async def _admin(dsn: str, *statements: str) -> None:
-    connection = await asyncpg.connect(dsn)
-    try:
-        for statement in statements:
-            await connection.execute(statement)
-    finally:
-        await connection.close()
-
-
 async def record_scenario(target: DatabaseTarget, role: str) -> tuple[Truth, int]:
     """Run the daemon against the simulator while the scenario plays; returns the truth."""
     start_ms = first_day_ms()
@@ -335,7 +326,7 @@ def filled(server_dsn: str, template_database: str) -> Iterator[Filled]:
     name = f"recorder_sqldocs_{uuid.uuid4().hex[:12]}"
     role = f"sqldocs_reader_{uuid.uuid4().hex[:10]}"
     dsn = with_database(server_dsn, name)
-    asyncio.run(_admin(server_dsn, f"CREATE DATABASE {name} TEMPLATE {template_database}"))
+    asyncio.run(admin(server_dsn, f"CREATE DATABASE {name} TEMPLATE {template_database}"))
     try:
         target = DatabaseTarget(dsn=dsn, embedded=False)
         truth, start_ms = asyncio.run(record_scenario(target, role))
@@ -345,14 +336,14 @@ def filled(server_dsn: str, template_database: str) -> Iterator[Filled]:
 
 
 async def _drop(server_dsn: str, dsn: str, name: str, role: str) -> None:
-    admin = await asyncpg.connect(server_dsn)
+    server = await asyncpg.connect(server_dsn)
     try:
-        if await admin.fetchval("SELECT 1 FROM pg_roles WHERE rolname = $1", role):
-            await _admin(dsn, f'DROP OWNED BY "{role}"')
-        await admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-        await admin.execute(f'DROP ROLE IF EXISTS "{role}"')
+        if await server.fetchval("SELECT 1 FROM pg_roles WHERE rolname = $1", role):
+            await admin(dsn, f'DROP OWNED BY "{role}"')
+        await server.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        await server.execute(f'DROP ROLE IF EXISTS "{role}"')
     finally:
-        await admin.close()
+        await server.close()
 
 
 @pytest.fixture

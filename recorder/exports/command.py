@@ -62,7 +62,7 @@ def parse_bound(text: str | None, name: str) -> int | dt.datetime | None:
     return moment if moment.tzinfo else moment.replace(tzinfo=dt.UTC)
 
 
-def _ad_hoc(args: argparse.Namespace) -> tuple[str, str, str, str, Path]:
+def _ad_hoc(args: argparse.Namespace) -> tuple[str, str, str, Path]:
     if not args.out:
         raise ConfigError("--out", "is required for an ad hoc export (or give a job NAME)")
     kind = args.kind or "events"
@@ -86,8 +86,7 @@ def _ad_hoc(args: argparse.Namespace) -> tuple[str, str, str, str, Path]:
     if kind == "transcripts" and out.exists() and not out.is_dir():
         raise ConfigError("--out", f"{args.out!r} is not a directory; transcripts are one "
                           "file per conversation, under a directory")
-    suffix = ExportJob("adhoc", "1d", kind, fmt, out, compression).suffix
-    return kind, fmt, compression, suffix, out
+    return kind, fmt, compression, out
 
 
 async def export_command(settings: Settings, args: argparse.Namespace) -> int:
@@ -105,7 +104,7 @@ async def export_command(settings: Settings, args: argparse.Namespace) -> int:
             raise ConfigError("NAME", f"no export job named {args.name!r} ({known})")
         job = jobs[args.name]
     else:
-        kind, fmt, compression, suffix, out = _ad_hoc(args)
+        kind, fmt, compression, out = _ad_hoc(args)
     bar = ProgressBar(sys.stderr, unit="rows") if sys.stderr.isatty() else None
     async with open_database(settings) as target:
         await migrate.require_current_schema(target)
@@ -115,7 +114,7 @@ async def export_command(settings: Settings, args: argparse.Namespace) -> int:
                 manifests: list[dict[str, Any]] = await exporter.run_job(job, progress=bar)
             else:
                 manifests = [await exporter.run_adhoc(
-                    kind, fmt, compression, suffix, out, since=since, until=until,
+                    kind, fmt, compression, out, since=since, until=until,
                     progress=bar)]
         finally:
             if bar is not None:

@@ -6,13 +6,12 @@ import dataclasses
 import datetime as dt
 import re
 from pathlib import Path
-from typing import Any
-
-from apscheduler.triggers.base import BaseTrigger
-from apscheduler.triggers.cron import CronTrigger
-from apscheduler.triggers.interval import IntervalTrigger
+from typing import TYPE_CHECKING, Any
 
 from recorder.errors import ConfigError
+
+if TYPE_CHECKING:
+    from apscheduler.triggers.base import BaseTrigger
 
 KINDS = ("events", "conversations", "transcripts")
 FORMATS = ("jsonl", "csv", "parquet")
@@ -46,10 +45,14 @@ class ExportJob:
 
     @property
     def suffix(self) -> str:
-        """File name ending: `.jsonl.gz`, `.csv`, `.parquet`, …"""
-        if self.format == "parquet":
-            return ".parquet"
-        return f".{self.format}{TEXT_COMPRESSIONS[self.compression]}"
+        return file_suffix(self.format, self.compression)
+
+
+def file_suffix(fmt: str, compression: str) -> str:
+    """File name ending: `.jsonl.gz`, `.csv`, `.parquet`, … (Parquet compresses inside)."""
+    if fmt == "parquet":
+        return ".parquet"
+    return f".{fmt}{TEXT_COMPRESSIONS[compression]}"
 
 
 def parse_schedule(text: str, name: str) -> BaseTrigger:
@@ -65,6 +68,11 @@ def parse_schedule(text: str, name: str) -> BaseTrigger:
 
 
 def _trigger(text: str, name: str) -> BaseTrigger:
+    # Imported here: APScheduler's triggers take ~55 ms to import, which every command paid
+    # when config.py loaded them, though only configured exports need them.
+    from apscheduler.triggers.cron import CronTrigger
+    from apscheduler.triggers.interval import IntervalTrigger
+
     match = _INTERVAL.fullmatch(text.strip())
     if match:
         seconds = int(match.group(1)) * _UNIT_SECONDS[match.group(2).lower()]

@@ -26,6 +26,7 @@ import logging
 import os
 import re
 import socket
+import sys
 import urllib.parse
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -50,7 +51,8 @@ from recorder.exports.files import (
     temp_path,
     write_json_atomically,
 )
-from recorder.exports.jobs import ExportJob
+from recorder.exports.jobs import ExportJob, file_suffix
+from recorder.exports.writers import HashingFile, open_writer
 from recorder.logs import event
 from recorder.projection import PROJECTION_NAME
 
@@ -88,10 +90,13 @@ class Target:
     kind: str
     format: str
     compression: str
-    suffix: str
     job: str | None = None
     directory: Path | None = None
     out: Path | None = None
+
+    @property
+    def suffix(self) -> str:
+        return file_suffix(self.format, self.compression)
 
     def base(self, window: Window) -> str:
         return f"{self.job}-{window.low + 1:012d}-{window.high:012d}"
@@ -171,7 +176,7 @@ class Exporter:
                 f"the job has been exporting {checkpoint['kind']!r}; a job's kind cannot "
                 "change (its checkpoint would mean something else): give it a new name",
             )
-        target = Target(job.kind, job.format, job.compression, job.suffix, job=job.name,
+        target = Target(job.kind, job.format, job.compression, job=job.name,
                         directory=job.directory)
         manifests: list[dict[str, Any]] = []
         interrupted = await book.fetchrow(q.INTERRUPTED, job.name)
@@ -211,13 +216,13 @@ class Exporter:
     # -- ad hoc ------------------------------------------------------------------------------
 
     async def run_adhoc(
-        self, kind: str, fmt: str, compression: str, suffix: str, out: Path,
+        self, kind: str, fmt: str, compression: str, out: Path,
         *, since: int | dt.datetime | None = None, until: int | dt.datetime | None = None,
         progress: Progress | None = None,
     ) -> dict[str, Any]:
         """Export once to `out` (a file, `-` for standard output, or a directory for
         transcripts); recorded in export_runs without a job, so no checkpoint moves."""
-        target = Target(kind, fmt, compression, suffix, out=out)
+        target = Target(kind, fmt, compression, out=out)
         window = Window(
             since if isinstance(since, int) else 0,
             until if isinstance(until, int) else _OPEN,
@@ -301,9 +306,7 @@ class Exporter:
         else:
             total = window.high - window.low
             if target.kind == "conversations":
-                total = await data.fetchval(
-                    "SELECT count(*) FROM conversations "
-                    "WHERE last_position > $1 AND last_position <= $2", window.low, window.high)
+                total = await data.fetchval(q.COUNT_CONVERSATIONS, window.low, window.high)
                 pages = sources.conversation_pages(
                     data, window.low, window.high, page_rows=self.page_rows,
                     since=window.since, until=window.until)
@@ -364,10 +367,6 @@ class Exporter:
             raise
 
     async def _write_stream(self, target: Target, pages: AsyncIterator[sources.Page]) -> FileResult:
-        import sys
-
-        from recorder.exports.writers import HashingFile, open_writer
-
         stdout = sys.stdout.buffer
         file = HashingFile(stdout)
         writer = open_writer(target.format, file, BY_KIND[target.kind], target.compression)
@@ -386,9 +385,7 @@ class Exporter:
         a closed conversation changes again (the newest manifest lists the newest file)."""
         root = target.out if target.out is not None else target.directory
         assert root is not None
-        total = await data.fetchval(
-            "SELECT count(*) FROM conversations WHERE state = 'CLOSE' "
-            "AND last_position > $1 AND last_position <= $2", window.low, window.high)
+        total = await data.fetchval(q.COUNT_CLOSED_CONVERSATIONS, window.low, window.high)
         files: list[dict[str, Any]] = []
         async for rows in sources.closed_conversations(
             data, window.low, window.high, page_rows=1000, since=window.since,

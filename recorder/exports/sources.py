@@ -62,12 +62,8 @@ class CsvTables:
             true_values=["t"], false_values=["f"],
         )
 
-    def parse(self, data: bytes | io.BytesIO) -> pa.Table:
-        if isinstance(data, io.BytesIO):
-            data.seek(0)
-            source: Any = data
-        else:
-            source = io.BytesIO(data)
+    def parse(self, source: io.BytesIO) -> pa.Table:
+        source.seek(0)
         if source.getbuffer().nbytes == 0:
             return self.columns.schema.empty_table()
         try:

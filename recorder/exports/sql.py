@@ -56,6 +56,12 @@ ORDER BY c.last_position, c.conversation_id
 LIMIT $7
 """
 
+# How many rows a window holds, for the progress display.
+COUNT_CONVERSATIONS = """
+SELECT count(*) FROM conversations WHERE last_position > $1 AND last_position <= $2
+"""
+COUNT_CLOSED_CONVERSATIONS = COUNT_CONVERSATIONS.rstrip() + " AND state = 'CLOSE'\n"
+
 CLOSED_CONVERSATIONS = """
 SELECT conversation_id, end_ts, last_position
 FROM conversations

@@ -145,6 +145,11 @@ class ConsumerClient:
     def name(self) -> str:
         return self.tokens.name
 
+    @property
+    def connected(self) -> bool:
+        """An open websocket session right now."""
+        return self.connection is not None and not self.connection.closed
+
     async def run(self, stop: asyncio.Event) -> None:
         """Connect, serve, reconnect, until `stop` is set."""
         failures = 0

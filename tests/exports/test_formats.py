@@ -423,8 +423,8 @@ async def test_transcripts_one_file_per_closed_conversation(
     out = tmp_path / "adhoc"
     since = parse_bound(day2, "--since")
     assert since == dt.datetime.fromisoformat(day2).replace(tzinfo=dt.UTC)
-    adhoc = await Exporter(database).run_adhoc("transcripts", fmt, compression, export.suffix,
-                                               out, since=since)
+    adhoc = await Exporter(database).run_adhoc("transcripts", fmt, compression, out,
+                                               since=since)
     assert [e["conversation_id"] for e in adhoc["files"]] == [T2]
     assert (out / f"transcripts{MANIFEST_SUFFIX}").exists()
     assert read_rows(out / adhoc["files"][0]["path"], fmt, compression, MESSAGES) == \
@@ -448,7 +448,7 @@ async def test_adhoc_windows_by_position_and_by_time(
     async def export(since: str | None, until: str | None, name: str) -> list[int]:
         out = tmp_path / f"{name}.jsonl"
         manifest = await exporter.run_adhoc(
-            "events", "jsonl", "none", ".jsonl", out,
+            "events", "jsonl", "none", out,
             since=parse_bound(since, "--since"), until=parse_bound(until, "--until"))
         rows = read_rows(out, "jsonl", "none", EVENTS)
         assert rows == [r for r in everything if r["position"] in
@@ -475,6 +475,6 @@ async def test_adhoc_windows_by_position_and_by_time(
     # Nothing is checkpointed by ad hoc runs, and an empty window is an error, not a file.
     assert await db.fetchval("SELECT count(*) FROM export_runs WHERE job IS NOT NULL") == 0
     with pytest.raises(ExportError, match="nothing to export"):
-        await exporter.run_adhoc("events", "jsonl", "none", ".jsonl", tmp_path / "none.jsonl",
+        await exporter.run_adhoc("events", "jsonl", "none", tmp_path / "none.jsonl",
                                  since=6)
     assert not (tmp_path / "none.jsonl").exists()
