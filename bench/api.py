@@ -69,7 +69,7 @@ from append import (
 )
 
 from recorder import api_sql, projection_sql
-from recorder.api import create_app
+from recorder.api import create_app, make_runner
 from recorder.database import DatabaseTarget
 from recorder.events import EventRecord
 from recorder.projection import PROJECTION_NAME
@@ -409,7 +409,7 @@ async def measure(target: DatabaseTarget, workload: Workload, args: argparse.Nam
     stop = asyncio.Event()
     tasks = [asyncio.create_task(writer.run(stop)), asyncio.create_task(projector.run(stop))]
     app = create_app(pool, token=token)
-    runner = web.AppRunner(app, access_log=None)
+    runner = make_runner(app)  # as the daemon serves it
     await runner.setup()
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))

@@ -21,7 +21,7 @@ import asyncpg
 from aiohttp import web
 
 from recorder import migrate
-from recorder.api import check_listen_allowed, create_app
+from recorder.api import check_listen_allowed, create_app, listen
 from recorder.config import Settings
 from recorder.database import DatabaseTarget
 from recorder.exports.runner import Exporter
@@ -58,13 +58,12 @@ class App:
 
 
 def serve_api(
-    api: web.Application, host: str, port: int, ready: asyncio.Event
+    runner: web.AppRunner, ready: asyncio.Event
 ) -> Callable[[asyncio.Event], Coroutine[Any, Any, None]]:
+    """The API component: already listening (bound in build_app), answering until stopped."""
+
     async def serve(stop: asyncio.Event) -> None:
-        runner = web.AppRunner(api, access_log=None)
-        await runner.setup()
         try:
-            await web.TCPSite(runner, host, port).start()
             ready.set()
             await stop.wait()
         finally:
@@ -158,11 +157,16 @@ async def build_app(
                 metrics.watch_exports(job.name for job in settings.exports)
                 supervisor.add("exports", exports.run, drain_s=60)
             api = create_app(pool, token=api_token, metrics_render=metrics.render)
-            # Added last: stopped first, so the API answers until the sockets close.
-            supervisor.add("api", serve_api(api, api_host, api_port, api_ready), drain_s=5)
-            app = App(writer, projector, ledger, cursors, clients, sinks, supervisor, metrics,
-                      watchdog, exports)
-            metrics.attach(app)
-            yield app
+            runner = await listen(api, api_host, api_port)  # a bad address stops us here
+            try:
+                # Added last: stopped first, so the API answers until the sockets close.
+                supervisor.add("api", serve_api(runner, api_ready), drain_s=5)
+                app = App(writer, projector, ledger, cursors, clients, sinks, supervisor,
+                          metrics, watchdog, exports)
+                metrics.attach(app)
+                yield app
+            finally:
+                if runner.server is not None:  # the api component did not get to run
+                    await runner.cleanup()
     finally:
         await pool.close()

@@ -97,30 +97,38 @@ def _text(value: Any, name: str) -> str:
     return value.strip()
 
 
-def _positive_int(value: Any, name: str) -> int:
-    if isinstance(value, bool | float):
-        raise ConfigError(name, f"must be a whole number, got {value!r}")
-    try:
-        number = int(value)
-    except (TypeError, ValueError):
-        raise ConfigError(name, f"must be a whole number, got {value!r}") from None
-    if number <= 0:
-        raise ConfigError(name, f"must be greater than 0, got {number}")
-    return number
+def _whole_number(low: int, high: int) -> Callable[[Any, str], int]:
+    """A whole number from `low` to `high`: anything outside is a typo, not a wish."""
+
+    def parse(value: Any, name: str) -> int:
+        if isinstance(value, bool | float):
+            raise ConfigError(name, f"must be a whole number, got {value!r}")
+        try:
+            number = int(value)
+        except (TypeError, ValueError):
+            raise ConfigError(name, f"must be a whole number, got {value!r}") from None
+        if not low <= number <= high:
+            raise ConfigError(name, f"must be from {low:,} to {high:,}, got {number:,}")
+        return number
+
+    return parse
 
 
-def _non_negative_float(value: Any, name: str) -> float:
-    if isinstance(value, bool):
-        raise ConfigError(name, f"must be a number, got {value!r}")
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise ConfigError(name, f"must be a number, got {value!r}") from None
-    if not math.isfinite(number):
-        raise ConfigError(name, f"must be a finite number, got {value!r}")
-    if number < 0:
-        raise ConfigError(name, f"must not be negative, got {number}")
-    return number
+def _number(low: float, high: float) -> Callable[[Any, str], float]:
+    """A finite number from `low` to `high`."""
+
+    def parse(value: Any, name: str) -> float:
+        if isinstance(value, bool):
+            raise ConfigError(name, f"must be a number, got {value!r}")
+        try:
+            number = float(value)
+        except (TypeError, ValueError, OverflowError):
+            raise ConfigError(name, f"must be a number, got {value!r}") from None
+        if not math.isfinite(number) or not low <= number <= high:
+            raise ConfigError(name, f"must be from {low:g} to {high:g}, got {value!r}")
+        return number
+
+    return parse
 
 
 def _choice(*choices: str) -> Callable[[Any, str], str]:
@@ -220,73 +228,91 @@ class SettingSpec:
     env: str
     parse: Callable[[Any, str], Any]
     description: str
+    #: what values are accepted (the README table's "allowed" column)
+    allowed: str
     default_text: str
     secret: bool = False
     #: `*_FILE` variant: the setting's value is read from that file.
     file_env: str | None = None
 
 
+#: Bounds of the numeric settings. Past them a value is a typo: a million queued events is
+#: about a gigabyte of memory, and a batch window over a second is latency nobody wants.
+QUEUE_SIZE_MAX = 1_000_000
+WRITER_BATCH_SIZE_MAX = 100_000
+WRITER_BATCH_WAIT_MS_MAX = 1_000
+
 SETTINGS: tuple[SettingSpec, ...] = (
     SettingSpec(
         "database_url", "RECORDER_DATABASE_URL", _database_url,
-        "PostgreSQL URL", "unset: embedded PostgreSQL in the state dir",
+        "PostgreSQL URL", "`postgresql://` URL", "unset: embedded PostgreSQL in the state dir",
         secret=True, file_env="RECORDER_DATABASE_URL_FILE",
     ),
     SettingSpec(
         "state_dir", "RECORDER_STATE_DIR", _path,
-        "where embedded data and local state live",
+        "where embedded data and local state live", "a writable directory (created if missing)",
         "`$STATE_DIRECTORY` under systemd, else `./var`",
     ),
     SettingSpec(
         "account", "RECORDER_ACCOUNT", _account,
-        "LivePerson account id", "(required unless simulating)",
+        "LivePerson account id", "1 to 64 letters, digits, `-` or `_`",
+        "(required unless simulating)",
     ),
     SettingSpec(
         "csds_url", "RECORDER_CSDS_URL", _url("https", "http"),
-        "base URL of the domain lookup", "`https://api.liveperson.net`",
+        "base URL of the domain lookup", "`https://` or `http://` URL",
+        "`https://api.liveperson.net`",
     ),
     SettingSpec(
         "ums_url", "RECORDER_UMS_URL", _url("wss", "ws"),
-        "`scheme://host[:port]` of the UMS websocket; skips the domain lookup", "from CSDS",
+        "`scheme://host[:port]` of the UMS websocket; skips the domain lookup",
+        "`wss://` or `ws://` URL", "from CSDS",
     ),
     SettingSpec(
         "consumer_jwt", "RECORDER_CONSUMER_JWT", _secret,
-        "a single consumer identity's JWT", "none",
+        "a single consumer identity's JWT", "non-empty text", "none",
         secret=True,
     ),
     SettingSpec(
         "consumer_jwt_file", "RECORDER_CONSUMER_JWT_FILE", _token_file,
-        "file holding that JWT, re-read whenever a fresh token is needed", "none",
+        "file holding that JWT, re-read whenever a fresh token is needed",
+        "a readable, non-empty file", "none",
     ),
     SettingSpec(
         "api_listen", "RECORDER_API_LISTEN", _listen,
-        "read API host:port", "`127.0.0.1:8780`",
+        "read API host:port", "`host:port`, port 1 to 65,535, an address of this host",
+        "`127.0.0.1:8780`",
     ),
     SettingSpec(
         "api_token", "RECORDER_API_TOKEN", _secret,
-        "bearer token for the read API", "none: refused on a non-loopback address",
+        "bearer token for the read API", "non-empty text",
+        "none: refused on a non-loopback address",
         secret=True, file_env="RECORDER_API_TOKEN_FILE",
     ),
     SettingSpec(
         "log_format", "RECORDER_LOG_FORMAT", _choice("text", "json", "journal"),
-        "`text`, `json` or `journal`", "`journal` under systemd, else `text`",
+        "log line format", "`text`, `json` or `journal`", "`journal` under systemd, else `text`",
     ),
     SettingSpec(
         "log_level", "RECORDER_LOG_LEVEL", _log_level,
-        "`debug`, `info`, `warning` or `error`", "`info`",
+        "least severe level logged", "`debug`, `info`, `warning` or `error`", "`info`",
     ),
     SettingSpec(
-        "queue_size", "RECORDER_QUEUE_SIZE", _positive_int,
+        "queue_size", "RECORDER_QUEUE_SIZE", _whole_number(1, QUEUE_SIZE_MAX),
         "events held between the sockets and the writer before receivers stop reading",
-        "`10000`",
+        f"1 to {QUEUE_SIZE_MAX:,}", "`10000`",
     ),
     SettingSpec(
-        "writer_batch_size", "RECORDER_WRITER_BATCH_SIZE", _positive_int,
-        "most events the writer commits in one transaction", "`1000`",
+        "writer_batch_size", "RECORDER_WRITER_BATCH_SIZE",
+        _whole_number(1, WRITER_BATCH_SIZE_MAX),
+        "most events the writer commits in one transaction",
+        f"1 to {WRITER_BATCH_SIZE_MAX:,}", "`1000`",
     ),
     SettingSpec(
-        "writer_batch_wait_ms", "RECORDER_WRITER_BATCH_WAIT_MS", _non_negative_float,
-        "how long the writer waits to fill a batch", "`2`",
+        "writer_batch_wait_ms", "RECORDER_WRITER_BATCH_WAIT_MS",
+        _number(0, WRITER_BATCH_WAIT_MS_MAX),
+        "how long the writer waits to fill a batch (a stop never waits it out)",
+        f"0 to {WRITER_BATCH_WAIT_MS_MAX:,} (milliseconds, fractions allowed)", "`2`",
     ),
 )
 
@@ -349,6 +375,12 @@ def _load_toml(path: Path) -> dict[str, Any]:
     try:
         with path.open("rb") as handle:
             return tomllib.load(handle)
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            CONFIG_ENV, f"config file {str(path)!r} is not UTF-8 text (byte {exc.start})"
+        ) from None
+    except IsADirectoryError:
+        raise ConfigError(CONFIG_ENV, f"config file {str(path)!r} is a directory") from None
     except FileNotFoundError:
         raise ConfigError(CONFIG_ENV, f"config file {str(path)!r} does not exist") from None
     except OSError as exc:

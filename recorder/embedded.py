@@ -10,11 +10,12 @@ import asyncio
 import json
 import logging
 import os
+import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
 
-from recorder.errors import EmbeddedPostgresError
+from recorder.errors import ConfigError, EmbeddedPostgresError
 from recorder.logs import event
 
 log = logging.getLogger(__name__)
@@ -55,13 +56,35 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def prepare_state_dir(state_dir: Path) -> Path:
+    """The state directory, created if missing and proven writable; else a ConfigError.
+
+    Checked by writing, not by permission bits: root passes every access check, yet a
+    read-only mount still refuses it.
+    """
+    setting = "RECORDER_STATE_DIR"
+    if state_dir.exists() and not state_dir.is_dir():
+        raise ConfigError(setting, f"{str(state_dir)!r} is not a directory")
+    try:
+        state_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=state_dir, prefix=".recorder-probe-"):
+            pass
+    except OSError as exc:
+        raise ConfigError(
+            setting, f"{str(state_dir)!r} is not a writable directory: {exc.strerror}"
+        ) from exc
+    return state_dir
+
+
 class EmbeddedPostgres:
     def __init__(self, state_dir: Path) -> None:
+        self.state_dir = state_dir
         self.data_dir = (state_dir / "postgres").resolve()
         self._server: Any = None
 
     async def start(self) -> str:
         """Start (or join) the server and return a URL for the `recorder` database."""
+        prepare_state_dir(self.state_dir)
         try:
             self.data_dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:

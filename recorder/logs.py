@@ -247,6 +247,21 @@ class JournalFormatter(logging.Formatter):
         return "\n".join(prefix + line for line in super().format(record).split("\n"))
 
 
+class PoolRetryFilter(logging.Filter):
+    """asyncpg's pool retries its connection floor through an outage, each time at WARNING with
+    a traceback (1 s, 2 s, … 60 s apart). The components that use the pool report the outage
+    once themselves (the read API, the writer), so keep these as one INFO line each."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and record.exc_info[1] is not None:
+            record.msg = f"{record.getMessage()}: {record.exc_info[1]!r}"
+            record.args = None
+            record.exc_info = None
+            record.exc_text = None
+        record.levelno, record.levelname = logging.INFO, "INFO"
+        return True
+
+
 def configure_logging(log_format: str = "text", level: str = "INFO") -> None:
     handler = logging.StreamHandler(sys.stderr)
     formatter: logging.Formatter
@@ -270,3 +285,6 @@ def configure_logging(log_format: str = "text", level: str = "INFO") -> None:
     # APScheduler says "Running job"/"executed successfully" at INFO on every tick; each export
     # run logs its own line. Its warnings (a run skipped: still running) stay.
     logging.getLogger("apscheduler").setLevel(max(logging.WARNING, root.level))
+    pool_log = logging.getLogger("asyncpg.pool")
+    if not any(isinstance(f, PoolRetryFilter) for f in pool_log.filters):
+        pool_log.addFilter(PoolRetryFilter())

@@ -14,7 +14,7 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from alembic.util.exc import CommandError
 from sqlalchemy import Connection
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import SQLAlchemyError, StatementError
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from recorder.database import DatabaseTarget
@@ -48,20 +48,45 @@ async def _with_connection(target: DatabaseTarget, work: Callable[[Connection], 
         connection = engine.connect()
         try:
             await connection.start()
-        except (OSError, TimeoutError, DBAPIError, asyncpg.PostgresError) as exc:
-            raise DatabaseError(f"cannot connect to {target.describe()}: {exc}") from exc
+        except (OSError, TimeoutError, StatementError, asyncpg.PostgresError) as exc:
+            raise DatabaseError(
+                f"cannot connect to {target.describe()}: {driver_message(exc)}") from exc
         try:
             result = await connection.run_sync(work)
             await connection.commit()
             return result
-        except (DBAPIError, asyncpg.PostgresError) as exc:
-            raise DatabaseError(f"database error on {target.describe()}: {exc}") from exc
+        except (StatementError, asyncpg.PostgresError) as exc:
+            raise DatabaseError(
+                f"database error on {target.describe()}: {driver_message(exc)}") from exc
         except CommandError as exc:
             raise DatabaseError(f"migration failed on {target.describe()}: {exc}") from exc
         finally:
             await connection.close()
     finally:
         await engine.dispose()
+
+
+def driver_message(exc: BaseException) -> str:
+    """What the server or the driver said, on one line.
+
+    Not `str()` of a SQLAlchemy error: that adds the statement, its parameters (which may
+    hold data) and a "Background on this error at https://sqlalche.me/..." line.
+    """
+    cause: BaseException = exc
+    if isinstance(exc, StatementError) and exc.orig is not None:
+        cause = exc.orig  # DBAPIError: the dialect's DBAPI-style wrapper of the driver's error
+    if type(cause).__module__.startswith("sqlalchemy."):
+        # The wrapper keeps asyncpg's own error as `orig` (2.1) or as its cause (2.0).
+        for driver in (getattr(cause, "orig", None), cause.__cause__):
+            if isinstance(driver, BaseException) and not isinstance(driver, SQLAlchemyError):
+                cause = driver
+                break
+    if isinstance(cause, SQLAlchemyError):
+        # Its first argument is the message alone; str() appends the link.
+        text = str(cause.args[0]) if cause.args else type(cause).__name__
+    else:
+        text = str(cause) or type(cause).__name__
+    return " ".join(line.strip() for line in text.splitlines() if line.strip())
 
 
 def _run_command(name: str, *args: Any) -> Callable[[Connection], Any]:

@@ -186,19 +186,24 @@ class EventWriter:
                 batch.append(self.queue.get_nowait())
                 continue
             remaining = deadline - time.monotonic()
-            if remaining <= 0:
+            if remaining <= 0 or stop.is_set():
+                break  # a stop never waits out the batch window: commit what is here
+            item = await self._get_unless_stopped(stop, remaining)
+            if item is None:
                 break
-            try:
-                batch.append(await asyncio.wait_for(self.queue.get(), remaining))
-            except TimeoutError:
-                break
+            batch.append(item)
         return batch
 
-    async def _get_unless_stopped(self, stop: asyncio.Event) -> QueueItem | None:
+    async def _get_unless_stopped(
+        self, stop: asyncio.Event, within_s: float | None = None
+    ) -> QueueItem | None:
+        """The next item; None when `stop` fires or `within_s` passes first."""
         getter = asyncio.ensure_future(self.queue.get())
         stopper = asyncio.ensure_future(stop.wait())
         try:
-            await asyncio.wait({getter, stopper}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait(
+                {getter, stopper}, timeout=within_s, return_when=asyncio.FIRST_COMPLETED
+            )
         finally:
             stopper.cancel()
             if not getter.done():

@@ -4,15 +4,12 @@ keyed as the receiver keys them (design.md section 2), and projection snapshots.
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 from collections.abc import Iterable, Sequence
-from pathlib import Path
 from typing import Any
 
 import asyncpg
 import orjson
-import pytest
 
 from recorder.database import DatabaseTarget
 from recorder.events import EventRecord, canonical_json, dedupe_digest
@@ -21,11 +18,7 @@ from recorder.projector import Projector
 from recorder.ums import frames
 from recorder.writer import EventWriter
 from tests.helpers import SESSION_ID
-
-SHARED = Path(
-    os.environ.get("RECORDER_SHARED_DIR") or Path(__file__).resolve().parents[2] / "shared"
-)
-EXAMPLES = SHARED / "protocol" / "examples"
+from tests.protocol_files import example_json
 
 ACCOUNT = "71234567"
 CONSUMER = "b3f1c2d4-8a9e-4f6b-9c0d-2e7a5b1f3c88"
@@ -48,10 +41,8 @@ TABLES = {
 
 
 def example_changes(name: str) -> list[dict[str, Any]]:
-    path = EXAMPLES / name
-    if not path.is_file():
-        pytest.skip(f"example {name} not found under {EXAMPLES}; set RECORDER_SHARED_DIR")
-    frame = orjson.loads(path.read_bytes())
+    """The changes of the example frame `name` (tests/protocol/examples)."""
+    frame = example_json(name)
     return [c for c in frames.as_list(frame["body"].get("changes")) if isinstance(c, dict)]
 
 

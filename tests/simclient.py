@@ -1,7 +1,7 @@
 """A plain aiohttp websocket client for the simulator's tests (deliberately not recorder's).
 
 It keeps every frame it received, answers nothing by itself, and lets a test wait for a frame
-matching a predicate. Also: where the shared protocol folder is, and key-path helpers.
+matching a predicate. Also: key-path helpers. (The protocol fixtures: tests/protocol_files.py.)
 """
 
 from __future__ import annotations
@@ -9,16 +9,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-import os
-import sys
 from collections.abc import Callable
-from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import aiohttp
 import orjson
-import pytest
 
 from recorder.simulator import Simulator
 
@@ -145,27 +140,6 @@ class PlainClient:
 
 def is_resp(frame: Frame) -> bool:
     return isinstance(frame, dict) and frame.get("kind") == "resp"
-
-
-def shared_dir() -> Path:
-    """The shared protocol folder: $RECORDER_SHARED_DIR, else `shared/` beside the checkout."""
-    env = os.environ.get("RECORDER_SHARED_DIR")
-    path = Path(env) if env else Path(__file__).resolve().parents[2] / "shared"
-    if not (path / "protocol" / "schemas" / "validate.py").is_file():
-        message = f"shared protocol folder not found at {path} (set RECORDER_SHARED_DIR)"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-    return path
-
-
-def load_validator() -> ModuleType:
-    schemas = str(shared_dir() / "protocol" / "schemas")
-    if schemas not in sys.path:
-        sys.path.insert(0, schemas)
-    import validate
-
-    return validate
 
 
 def key_paths(value: Any, prefix: str = "") -> set[str]:

@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
@@ -237,7 +238,11 @@ def test_database_password_never_printed(
 # -- bad configuration and usage -------------------------------------------------------------------
 
 
-BAD_TOML = {"unknown-toml-key": 'colour = "blue"\n', "bad-queue-size-toml": "queue_size = 0\n"}
+BAD_TOML = {
+    "unknown-toml-key": b'colour = "blue"\n',
+    "bad-queue-size-toml": b"queue_size = 0\n",
+    "not-utf8-config": 'account = "caf\u00e9"\n'.encode("latin-1"),
+}
 
 
 @pytest.mark.parametrize(
@@ -248,6 +253,8 @@ BAD_TOML = {"unknown-toml-key": 'colour = "blue"\n', "bad-queue-size-toml": "que
         ("missing-config-env", "RECORDER_CONFIG"),
         ("unknown-toml-key", "colour"),
         ("bad-queue-size-toml", "queue_size"),
+        ("not-utf8-config", "RECORDER_CONFIG"),
+        ("batch-wait-out-of-range", "RECORDER_WRITER_BATCH_WAIT_MS"),
     ],
 )
 def test_bad_configuration_exits_2_naming_the_setting(
@@ -263,9 +270,11 @@ def test_bad_configuration_exits_2_naming_the_setting(
         args = ["--config", str(missing)]
     elif case == "missing-config-env":
         env["RECORDER_CONFIG"] = str(missing)
+    elif case == "batch-wait-out-of-range":
+        env["RECORDER_WRITER_BATCH_WAIT_MS"] = "60000"
     else:
         config = tmp_path / "recorder.toml"
-        config.write_text(BAD_TOML[case])
+        config.write_bytes(BAD_TOML[case])
         args = ["--config", str(config)]
 
     for command in ("status", "migrate"):
@@ -328,17 +337,44 @@ def test_unreachable_database_exits_1_without_traceback(tmp_path: Path, command:
     assert result.stdout == ""
 
 
-def test_unusable_embedded_state_dir_exits_1_without_traceback(tmp_path: Path) -> None:
+@pytest.fixture
+def read_only_dir(tmp_path: Path) -> Iterator[Path]:
+    """A read-only tmpfs: even root cannot write there (permission bits would not stop root)."""
+    mount_point = tmp_path / "read-only"
+    mount_point.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=64k,ro", "tmpfs", str(mount_point)],
+        capture_output=True, text=True,
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a read-only tmpfs here: {mounted.stderr.strip()}")
+    try:
+        yield mount_point
+    finally:
+        subprocess.run(["umount", str(mount_point)], check=True)
+
+
+@pytest.mark.parametrize("problem", ["a-file", "under-a-file", "read-only", "read-only-child"])
+def test_unusable_state_dir_exits_2_naming_the_setting(
+    tmp_path: Path, problem: str, request: pytest.FixtureRequest
+) -> None:
     blocker = tmp_path / "not-a-directory"
     blocker.write_text("")
+    state_dir = {
+        "a-file": lambda: blocker,
+        "under-a-file": lambda: blocker / "var",
+        "read-only": lambda: request.getfixturevalue("read_only_dir"),
+        "read-only-child": lambda: request.getfixturevalue("read_only_dir") / "var",
+    }[problem]()
 
-    result = recorder(tmp_path, "status", env={"RECORDER_STATE_DIR": str(blocker)})
+    for command in ("status", "migrate"):
+        result = recorder(tmp_path, command, env={"RECORDER_STATE_DIR": str(state_dir)})
 
-    assert result.returncode == 1
-    assert "embedded PostgreSQL" in result.stderr
-    assert str(blocker) in result.stderr
-    assert "Traceback" not in result.stderr
-    assert result.stdout == ""
+        assert result.returncode == 2, result.stderr
+        assert result.stderr.startswith("recorder: RECORDER_STATE_DIR: "), result.stderr
+        assert str(state_dir) in result.stderr
+        assert len(result.stderr.splitlines()) == 1, result.stderr
+        assert result.stdout == ""
 
 
 def test_libpq_style_url_parameters_work(tmp_path: Path, empty_database: DatabaseTarget) -> None:

@@ -358,14 +358,17 @@ def test_unknown_top_level_key_is_rejected_naming_it(tmp_path: Path, key: str) -
 
 
 @pytest.mark.parametrize("via", ["argument", "RECORDER_CONFIG"])
-@pytest.mark.parametrize("problem", ["invalid-toml", "missing", "directory"])
+@pytest.mark.parametrize("problem", ["invalid-toml", "missing", "directory", "not-utf8"])
 def test_unusable_config_file_is_rejected_naming_recorder_config(
     tmp_path: Path, via: str, problem: str
 ) -> None:
+    not_utf8 = tmp_path / "latin1.toml"
+    not_utf8.write_bytes('account = "caf\u00e9"\n'.encode("latin-1"))
     path = {
         "invalid-toml": write_file(tmp_path, "bad.toml", "log_level = \n[[[\n"),
         "missing": tmp_path / "absent.toml",
         "directory": tmp_path,
+        "not-utf8": not_utf8,
     }[problem]
 
     if via == "argument":
@@ -396,6 +399,15 @@ BAD_VALUES = [
     ("RECORDER_WRITER_BATCH_SIZE", "-1"),
     ("RECORDER_WRITER_BATCH_WAIT_MS", "-3"),
     ("RECORDER_WRITER_BATCH_WAIT_MS", "soon"),
+    # Out of any sane range: each was accepted once.
+    ("RECORDER_WRITER_BATCH_WAIT_MS", "60000"),
+    ("RECORDER_WRITER_BATCH_WAIT_MS", "1e308"),
+    ("RECORDER_WRITER_BATCH_WAIT_MS", "inf"),
+    ("RECORDER_WRITER_BATCH_WAIT_MS", "nan"),
+    ("RECORDER_QUEUE_SIZE", "99999999999999999999999"),
+    ("RECORDER_QUEUE_SIZE", "1000001"),
+    ("RECORDER_WRITER_BATCH_SIZE", "1000000000000"),
+    ("RECORDER_WRITER_BATCH_SIZE", "100001"),
     ("RECORDER_LOG_LEVEL", "loud"),
     ("RECORDER_CONSUMER_JWT", "   "),
 ]
@@ -404,6 +416,18 @@ BAD_VALUES = [
 @pytest.mark.parametrize(("name", "value"), BAD_VALUES, ids=[f"{n}={v}" for n, v in BAD_VALUES])
 def test_bad_value_is_rejected_naming_the_setting(name: str, value: str) -> None:
     assert_names(config_error(environ={name: value}), name)
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [("queue_size", 10**20), ("writer_batch_size", 10**12), ("writer_batch_wait_ms", 60_000.0)],
+)
+def test_numbers_out_of_range_in_the_toml_file_are_rejected(
+    tmp_path: Path, key: str, value: Any
+) -> None:
+    error = config_error(config_file=write_toml(tmp_path, **{key: value}))
+    assert_names(error, key)
+    assert "must be from" in str(error)
 
 
 @pytest.mark.parametrize(
@@ -431,6 +455,10 @@ def test_bad_toml_value_is_rejected_naming_the_toml_key(
         ("RECORDER_WRITER_BATCH_SIZE", "1", "writer_batch_size", 1),
         ("RECORDER_WRITER_BATCH_WAIT_MS", "0", "writer_batch_wait_ms", 0.0),
         ("RECORDER_WRITER_BATCH_WAIT_MS", "2.5", "writer_batch_wait_ms", 2.5),
+        # The bounds themselves are allowed.
+        ("RECORDER_QUEUE_SIZE", "1000000", "queue_size", 1_000_000),
+        ("RECORDER_WRITER_BATCH_SIZE", "100000", "writer_batch_size", 100_000),
+        ("RECORDER_WRITER_BATCH_WAIT_MS", "1000", "writer_batch_wait_ms", 1000.0),
     ],
 )
 def test_good_value_is_parsed(name: str, value: str, field: str, expected: Any) -> None:

@@ -5,16 +5,22 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
 import sys
 from pathlib import Path
 
 import aiohttp
 import asyncpg
+import pytest
 
 from recorder.database import DatabaseTarget
 from recorder.simulator import Simulator
 from tests.helpers import assert_log_contiguous, free_port
 from tests.umsharness import ACCOUNT, truth
+
+
+def same_file(a: str, b: str) -> bool:
+    return os.path.realpath(a) == os.path.realpath(b)
 
 
 def environment(**values: str) -> dict[str, str]:
@@ -86,10 +92,14 @@ async def check_api(base: str) -> None:
                 await asyncio.sleep(0.1)
         async with http.get(f"{base}/conversations") as reply:
             assert reply.status == 401
-        async with http.get(f"{base}/conversations", headers=auth) as reply:
-            assert reply.status == 200
-            page = await reply.json()
-            assert page["items"], "recorded conversations are served"
+        for _ in range(300):  # recorded is not yet projected: the projector may lag a little
+            async with http.get(f"{base}/conversations", headers=auth) as reply:
+                assert reply.status == 200
+                page = await reply.json()
+            if page["items"]:
+                break
+            await asyncio.sleep(0.1)
+        assert page["items"], "recorded conversations are served"
         conversation = page["items"][0]["conversation_id"]
         async with http.get(f"{base}/conversations/{conversation}/messages", headers=auth) as r:
             assert r.status == 200
@@ -123,3 +133,113 @@ async def test_demo_records_live_traffic(tmp_path: Path, database: DatabaseTarge
     last = progress[-1].split()
     assert int(last[1]) > 0, "events were recorded"
     assert "conversations" in progress[-1]
+    # started as `python -m recorder`, so that is how it says to run `status`
+    hint = next(line for line in stdout.decode().splitlines() if " status " in line)
+    interpreter = hint.strip().split(" -m recorder status")[0]
+    assert same_file(interpreter, sys.executable), hint
+
+
+async def run_demo(env: dict[str, str], *args: str, within_s: float = 90) -> tuple[int, str, str]:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "recorder", "demo", *args, env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        stdout, stderr = await asyncio.wait_for(process.communicate(), within_s)
+    except TimeoutError:
+        process.kill()
+        await process.wait()
+        raise AssertionError(f"the demo did not stop within {within_s} s") from None
+    assert process.returncode is not None
+    return process.returncode, stdout.decode(), stderr.decode()
+
+
+async def test_a_demo_whose_port_is_taken_stops_at_once_saying_what_to_change(
+    database: DatabaseTarget,
+) -> None:
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    host, port = taken.getsockname()
+    try:
+        # Before: it kept running, printing healthy progress, until Ctrl-C.
+        code, stdout, stderr = await run_demo(
+            environment(RECORDER_DATABASE_URL=database.dsn,
+                        RECORDER_API_LISTEN=f"{host}:{port}"),
+            "--every", "1", within_s=60,
+        )
+    finally:
+        taken.close()
+    assert code == 2, stderr
+    errors = [line for line in stderr.splitlines() if line.startswith("recorder:")]
+    assert errors == [stderr.splitlines()[-1]], stderr
+    assert errors[0].startswith(f"recorder: RECORDER_API_LISTEN: cannot listen on {host}:{port}")
+    assert "in use" in errors[0] and "--state-dir" in errors[0]
+    assert "Traceback" not in stderr and " ERROR " not in stderr
+    assert "recorded " not in stdout, "no progress lines from a demo that cannot serve"
+
+
+async def test_demo_runs_on_one_database_record_fresh_conversations_each(
+    database: DatabaseTarget, db: asyncpg.Connection
+) -> None:
+    env = environment(RECORDER_DATABASE_URL=database.dsn)
+    runs: list[set[str]] = []
+    counts_after_first: dict[str, int] = {}
+    for run in range(2):
+        code, _stdout, stderr = await run_demo(env, "--duration", "4", "--rate", "50")
+        assert code == 0, stderr[-2000:]
+        # Before: a second run repeated seed 1's ids, merged into the first run's
+        # conversations and logged "ums.dialog.refused … unknown dialog".
+        assert " ERROR " not in stderr and "Traceback" not in stderr, stderr[-2000:]
+        seen = {r["conversation_id"] for r in await db.fetch(
+            "SELECT DISTINCT conversation_id FROM events WHERE conversation_id IS NOT NULL")}
+        runs.append(seen - set().union(*runs) if runs else seen)
+        if run == 0:
+            counts_after_first = dict(await db.fetch(
+                "SELECT conversation_id, count(*) FROM events GROUP BY conversation_id"))
+    first, second = runs
+    assert first and second, "each run recorded conversations of its own"
+    counts_after_second = dict(await db.fetch(
+        "SELECT conversation_id, count(*) FROM events GROUP BY conversation_id"))
+    for conversation, count in counts_after_first.items():
+        assert counts_after_second[conversation] == count, "the second run left the first alone"
+    assert await db.fetchval("SELECT count(*) FROM quarantine") == 0
+    await assert_log_contiguous(db)
+
+
+@pytest.mark.parametrize("problem", ["in-use", "not-this-host", "unresolvable"])
+async def test_an_api_address_that_cannot_be_listened_on_exits_2_in_one_line(
+    tmp_path: Path, database: DatabaseTarget, problem: str
+) -> None:
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    listen = {
+        "in-use": f"127.0.0.1:{taken.getsockname()[1]}",
+        "not-this-host": "192.0.2.1:8780",  # TEST-NET-1: never an address of this host
+        "unresolvable": "no-such-host.invalid:8780",
+    }[problem]
+    try:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "recorder", "run",
+            env=environment(
+                RECORDER_DATABASE_URL=database.dsn, RECORDER_ACCOUNT=ACCOUNT,
+                RECORDER_UMS_URL="ws://127.0.0.1:1", RECORDER_CONSUMER_JWT="not-used",
+                RECORDER_STATE_DIR=str(tmp_path / "state"), RECORDER_API_LISTEN=listen,
+                RECORDER_API_TOKEN=API_TOKEN,
+            ),
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )
+        _, raw = await asyncio.wait_for(process.communicate(), 60)
+    finally:
+        taken.close()
+    stderr = raw.decode()
+    # Before: exit 1 with tracebacks, which systemd retries forever.
+    assert process.returncode == 2, stderr
+    assert "Traceback" not in stderr, stderr
+    errors = [line for line in stderr.splitlines() if line.startswith("recorder:")]
+    assert len(errors) == 1, stderr
+    assert errors[0].startswith(f"recorder: RECORDER_API_LISTEN: cannot listen on {listen}: ")
+    assert {"in-use": "in use", "not-this-host": "not one of this host's",
+            "unresolvable": "does not resolve"}[problem] in errors[0]
+    assert API_TOKEN not in stderr

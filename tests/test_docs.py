@@ -14,10 +14,17 @@ ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()
 
 
-def settings_table() -> dict[str, str]:
+def settings_rows() -> dict[str, tuple[str, str, str]]:
+    """variable -> (meaning, allowed, default), from the README's settings table."""
     block = README.split("<!-- settings-table", 1)[1].split("<!-- /settings-table -->", 1)[0]
-    rows = re.findall(r"^\| `(RECORDER_[A-Z_]+)` \| (.+?) \| (.+?) \|$", block, re.MULTILINE)
-    return {name: default for name, _meaning, default in rows}
+    rows = re.findall(
+        r"^\| `(RECORDER_[A-Z_]+)` \| (.+?) \| (.+?) \| (.+?) \|$", block, re.MULTILINE
+    )
+    return {name: (meaning, allowed, default) for name, meaning, allowed, default in rows}
+
+
+def settings_table() -> dict[str, str]:
+    return {name: default for name, (_m, _a, default) in settings_rows().items()}
 
 
 def test_every_setting_is_in_the_readme_table_and_nothing_else() -> None:
@@ -31,6 +38,13 @@ def test_readme_defaults_match_the_settings_model() -> None:
     documented = settings_table()
     for spec in SETTINGS:
         assert documented[spec.env] == spec.default_text, spec.env
+
+
+def test_readme_shows_what_each_setting_allows() -> None:
+    rows = settings_rows()
+    for spec in SETTINGS:
+        meaning, allowed, _default = rows[spec.env]
+        assert (meaning, allowed) == (spec.description, spec.allowed), spec.env
 
 
 def test_every_command_is_documented() -> None:

@@ -1,19 +1,16 @@
-"""Frames: every shared example parses and keeps its raw text; the normalisers give the right
+"""Frames: every example frame parses and keeps its raw text; the normalisers give the right
 values per example and tolerate every variant in protocol.md; malformed input is refused with
 the exact raw text; built requests reproduce the request examples and pass LivePerson's schemas.
 
-Examples and schemas come from the shared folder: $RECORDER_SHARED_DIR, else `shared/` beside
-the repository. Tests needing it fail when it is missing under CI ($CI set), else skip.
+Examples and schemas are the fixtures in tests/protocol/ (tests/protocol_files.py); a missing
+fixture fails the test.
 Parsing a request example gives a `Request` frame (the simulator's view of client requests).
 """
 
 from __future__ import annotations
 
-import os
 import re
-import sys
 from collections.abc import Callable
-from pathlib import Path
 from types import ModuleType
 from typing import Any
 
@@ -46,13 +43,10 @@ from recorder.ums.frames import (
     rich_content,
     server_timestamp_ms,
 )
+from tests.protocol_files import example_names, load_validator
+from tests.protocol_files import example_text as text
 
-SHARED = Path(
-    os.environ.get("RECORDER_SHARED_DIR") or Path(__file__).resolve().parents[2] / "shared"
-)
-EXAMPLES = SHARED / "protocol" / "examples"
-SCHEMAS = SHARED / "protocol" / "schemas"
-EXAMPLE_NAMES = sorted(p.name for p in EXAMPLES.glob("*.json")) or ["<no examples found>"]
+EXAMPLE_NAMES = example_names()
 
 # The cast of examples/INDEX.md.
 CONSUMER = "b3f1c2d4-8a9e-4f6b-9c0d-2e7a5b1f3c88"
@@ -65,22 +59,6 @@ SURVEY = "Kq7ZrT2mS1uVx9Ww3YbA0c"
 OLD_CONV = "9e2d4b6a-1c3f-4a5e-b7d9-0f2a4c6e8b13"
 SUBSCRIPTION = "d2c4e6f8-0a1b-4c3d-9e5f-7a8b9c0d1e2f"
 JWT = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJiM2YxIn0.c2ln"
-
-
-def need_shared() -> None:
-    if EXAMPLES.is_dir() and SCHEMAS.is_dir():
-        return
-    message = f"shared protocol folder not found at {SHARED}; set RECORDER_SHARED_DIR"
-    if os.environ.get("CI"):
-        pytest.fail(message, pytrace=False)
-    pytest.skip(message)
-
-
-def text(name: str) -> str:
-    need_shared()
-    path = EXAMPLES / name
-    assert path.is_file(), f"example {name} missing from {EXAMPLES}"
-    return path.read_text(encoding="utf-8")
 
 
 def example(name: str) -> dict[str, Any]:
@@ -244,7 +222,6 @@ MESSAGING: dict[str, list[tuple[str, int | None, str, str, str, int | None]]] = 
 
 
 def test_tables_cover_every_notification_example() -> None:
-    need_shared()
     assert sorted(n for n in EXAMPLE_NAMES if n.startswith("notif_exconv_")) == sorted(EXCONV)
     assert sorted(n for n in EXAMPLE_NAMES if n.startswith("notif_msg_")) == sorted(MESSAGING)
 
@@ -742,7 +719,7 @@ def test_unusable_response_still_names_its_request() -> None:
 # --- building requests -----------------------------------------------------------------------
 
 
-REQUEST_EXAMPLES = [n for n in EXAMPLE_NAMES if n.startswith("req_")] or ["<no request examples>"]
+REQUEST_EXAMPLES = example_names("req_")
 
 
 @pytest.mark.parametrize("name", REQUEST_EXAMPLES)
@@ -812,15 +789,8 @@ FEATURE_ERROR = re.compile(r"^\$\.headers\[0\]\.features\[\d+\]: '(\w+)' is not 
 
 @pytest.fixture(scope="module")
 def schemas() -> ModuleType:
-    """The shared folder's validate.py (validate_frame, NoSchema)."""
-    need_shared()
-    sys.path.insert(0, str(SCHEMAS))
-    try:
-        import validate
-    finally:
-        sys.path.remove(str(SCHEMAS))
-    module: ModuleType = validate
-    return module
+    """tests/protocol/schemas/validate.py (validate_frame, NoSchema)."""
+    return load_validator()
 
 
 def test_client_requests_cover_every_request_type() -> None:

@@ -368,3 +368,24 @@ def test_the_scan_finds_unnamed_calls(tmp_path: Path) -> None:
     )
     lines = [int(re.findall(r":(\d+):", problem)[0]) for problem in unnamed_log_calls(sample)]
     assert lines == [4, 5, 7, 8]
+
+
+def test_asyncpg_pool_retries_are_one_info_line_without_a_traceback(
+    emit: Callable[[str], Emit],
+) -> None:
+    def pool_retry() -> None:
+        try:
+            raise ConnectionRefusedError(111, "Connect call failed ('127.0.0.1', 5432)")
+        except ConnectionRefusedError:
+            # what asyncpg's pool logs on every retry of its connection floor, up to once a
+            # second for as long as the database is down
+            logging.getLogger("asyncpg.pool").warning(
+                "Failed to restore the pool connection floor; retrying", exc_info=True
+            )
+
+    output = emit("text")(pool_retry)
+    assert "Traceback" not in output
+    (line,) = lines_of(output)
+    assert " INFO " in line and " WARNING " not in line
+    assert "Failed to restore the pool connection floor; retrying" in line
+    assert "Connect call failed" in line, "the cause is kept, on the same line"

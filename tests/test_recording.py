@@ -4,9 +4,7 @@ malformed frames in quarantine, and the completeness report."""
 from __future__ import annotations
 
 import asyncio
-import os
 import uuid
-from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -20,18 +18,12 @@ from recorder.ums import frames
 from recorder.ums.frames import Notification
 from recorder.writer import EventWriter
 from tests.helpers import wait_until
+from tests.protocol_files import example_names, example_text
 from tests.test_writer import POISON_TRIGGER, running
-
-SHARED = Path(os.environ.get("RECORDER_SHARED_DIR", Path(__file__).resolve().parents[2] / "shared"))
-EXAMPLES = SHARED / "protocol" / "examples"
 
 
 def example(name: str) -> Notification:
-    if not EXAMPLES.is_dir():
-        if os.environ.get("CI"):
-            pytest.fail(f"example frames missing at {EXAMPLES}")
-        pytest.skip(f"no example frames at {EXAMPLES}")
-    frame = frames.parse_frame((EXAMPLES / name).read_text())
+    frame = frames.parse_frame(example_text(name))
     assert isinstance(frame, Notification)
     return frame
 
@@ -43,9 +35,7 @@ def rows(notification: Notification, session: str = "s1", epoch: int = 1) -> lis
     )
 
 
-NOTIFICATION_EXAMPLES = sorted(
-    p.name for p in (EXAMPLES.glob("notif_*.json") if EXAMPLES.is_dir() else [])
-) or ["notif_msg_backfill_batch.json"]
+NOTIFICATION_EXAMPLES = example_names("notif_")
 
 
 @pytest.mark.parametrize("name", NOTIFICATION_EXAMPLES)

@@ -3,7 +3,7 @@
 One rich scenario (storyline, transfers, TTR, CSAT, receipts, typing, rich content, a hosted
 file, surveys, every request type, errors) is recorded once per module; a second run adds the
 shape variants and unknown events. Failures must be the published schemas' known-old points
-(shared/protocol/schemas/README.md) or, in the variant run, what each variant deliberately does.
+(tests/protocol/schemas/README.md) or, in the variant run, what each variant deliberately does.
 """
 
 from __future__ import annotations
@@ -14,12 +14,12 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-import orjson
 import pytest
 
 from recorder.simulator import VARIANT_KINDS, Faults, SentFrame, Simulator
 from recorder.simulator.journal import changes_of
-from tests.simclient import PlainClient, key_paths, load_validator, shared_dir
+from tests.protocol_files import example_json, example_names, load_validator
+from tests.simclient import PlainClient, key_paths
 
 Frame = dict[str, Any]
 ACCOUNT = "71234567"
@@ -152,7 +152,6 @@ async def scenario(faults: Faults) -> list[SentFrame]:
 
 @pytest.fixture(scope="module")
 def plain_run() -> list[SentFrame]:
-    shared_dir()
     return asyncio.run(scenario(Faults()))
 
 
@@ -165,7 +164,6 @@ def variant_run(kind: str) -> list[SentFrame]:
 
 @pytest.fixture(scope="module")
 def noisy_run() -> list[SentFrame]:
-    shared_dir()
     faults = Faults(unknown_event_probability=0.2, duplicate_probability=0.3,
                     malformed_probability=0.2, reorder_upserts=True, reorder_hold_s=0.02)
     return asyncio.run(scenario(faults))
@@ -297,7 +295,6 @@ def test_fault_frames_validate_like_the_others(noisy_run: list[SentFrame]) -> No
 
 @pytest.mark.parametrize("kind", VARIANT_KINDS)
 def test_variant_frames_fail_only_where_the_variant_says(kind: str) -> None:
-    shared_dir()
     journal = variant_run(kind)
     reasons, no_schema = check(journal)
     variants = [s for s in journal if s.variant]
@@ -485,8 +482,7 @@ def difference(example: Frame, frame: Frame, name: str) -> tuple[set[str], set[s
 
 
 def test_every_example_is_paired_or_explained() -> None:
-    examples = shared_dir() / "protocol" / "examples"
-    names = {p.name for p in examples.glob("*.json") if p.name.startswith(("notif_", "resp_"))}
+    names = set(example_names("notif_") + example_names("resp_"))
     assert names == set(SELECTORS) | NOT_SENT
 
 
@@ -494,7 +490,7 @@ def test_every_example_is_paired_or_explained() -> None:
 def test_frames_have_the_key_structure_of_the_examples(
     name: str, plain_run: list[SentFrame]
 ) -> None:
-    example = orjson.loads((shared_dir() / "protocol" / "examples" / name).read_bytes())
+    example = example_json(name)
     journal = variant_run("participants_pid_only") if name in FROM_VARIANTS else plain_run
     candidates = []
     for sent in journal:

@@ -5,8 +5,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-import os
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -28,6 +26,7 @@ from recorder.ums.tokens import (
     TokenError,
     decode_token,
 )
+from tests.protocol_files import load_validator
 from tests.umsharness import (
     ACCOUNT,
     FAST,
@@ -37,8 +36,6 @@ from tests.umsharness import (
     static_tokens,
     truth,
 )
-
-SHARED = Path(os.environ.get("RECORDER_SHARED_DIR", Path(__file__).resolve().parents[2] / "shared"))
 
 
 async def test_records_a_whole_conversation_including_its_survey_dialog() -> None:
@@ -145,21 +142,12 @@ async def test_every_request_type_and_the_requests_validate_against_the_schemas(
 
 
 def assert_requests_validate(requests: list[Any]) -> None:
-    schemas = SHARED / "protocol" / "schemas"
-    if not schemas.is_dir():
-        if os.environ.get("CI"):
-            pytest.fail(f"LivePerson's schemas are missing: {schemas}")
-        pytest.skip(f"no shared protocol folder at {schemas}")
-    sys.path.insert(0, str(schemas))
-    try:
-        from validate import NoSchema, validate_frame
-    finally:
-        sys.path.remove(str(schemas))
+    validate = load_validator()  # LivePerson's schemas, tests/protocol/schemas
     checked = 0
     for request in requests:
         try:
-            errors = validate_frame(request)
-        except NoSchema:
+            errors = validate.validate_frame(request)
+        except validate.NoSchema:
             assert request["type"] == frames.GET_CLOCK, f"no schema for {request['type']}"
             continue
         assert errors == [], f"{request['type']}: {errors}"

@@ -400,3 +400,20 @@ async def test_waiters_learn_when_the_writer_stops(database: DatabaseTarget) -> 
         await asyncio.wait_for(waiter, 5)
     with pytest.raises(WriterStoppedError):
         await writer.put(message_event("conv-w", 1))
+
+
+async def test_a_stop_does_not_wait_out_the_batch_window(
+    database: DatabaseTarget, db: asyncpg.Connection
+) -> None:
+    # A ten-minute window: before the fix, a stop waited for it to close (SIGINT took 31.5 s
+    # with 30 s windows and ended in "writer did not stop within 30s; cancelled").
+    writer = EventWriter(database, batch_wait_ms=600_000)
+    stop = asyncio.Event()
+    task = asyncio.create_task(writer.run(stop))
+    await writer.put(message_event("conv-w", 1))
+    await wait_until(lambda: writer.queue.empty())  # the writer holds it, filling a batch
+    await asyncio.sleep(0.05)
+    assert writer.head == 0, "the window is still open: nothing committed yet"
+    stop.set()
+    await asyncio.wait_for(task, 30)
+    assert await assert_log_contiguous(db) == 1, "what the open batch held was committed"

@@ -1,6 +1,8 @@
-"""The read API (design.md section 5): `create_app` and `check_listen_allowed`."""
+"""The read API (design.md section 5): `create_app`, `listen`, `make_runner`,
+`check_listen_allowed`."""
 
 from recorder.api.app import create_app
 from recorder.api.auth import check_listen_allowed
+from recorder.api.listener import listen, make_runner
 
-__all__ = ["check_listen_allowed", "create_app"]
+__all__ = ["check_listen_allowed", "create_app", "listen", "make_runner"]

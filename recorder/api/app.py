@@ -1,8 +1,11 @@
 """`create_app`: the read API as an aiohttp application over an asyncpg pool.
 
 The caller owns the pool and the listening socket (recorder.app / recorder.cli wire it in,
-after `check_listen_allowed`). Middlewares, outermost first: problems (every error becomes
-application/problem+json; unexpected ones a generic 500), then bearer authentication.
+after `check_listen_allowed`, serving it with `recorder.api.listener.make_runner`).
+Middlewares, outermost first: problems (every error becomes application/problem+json;
+unexpected ones a generic 500), bearer authentication, then database faults (a lost or refused
+connection is a 503 with Retry-After, a lost one retried once first). Every GET route answers
+HEAD too.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from aiohttp import web
 from recorder import migrate
 from recorder.api import routes, stream
 from recorder.api.auth import auth_middleware
+from recorder.api.database_faults import GuardedPool, database_fault_middleware
 from recorder.api.openapi import OPERATIONS, document
 from recorder.api.problems import error_middleware
 
@@ -46,8 +50,9 @@ def create_app(
     stream_heartbeat_s: float = 15.0,
 ) -> web.Application:
     """The read API. `token` None disables authentication: only for loopback listeners."""
-    app = web.Application(middlewares=[error_middleware, auth_middleware(token)])
-    app[routes.POOL] = pool
+    app = web.Application(
+        middlewares=[error_middleware, auth_middleware(token), database_fault_middleware])
+    app[routes.POOL] = GuardedPool(pool)
     app[routes.METRICS] = metrics_render
     app[routes.READINESS] = readiness
     app[routes.HEAD_REVISION] = migrate.head_revision()
@@ -61,5 +66,9 @@ def create_app(
 
     app.on_shutdown.append(stop_streams)
     for op in OPERATIONS:
-        app.router.add_route(op.method, op.path, HANDLERS[op.operation_id], name=op.operation_id)
+        handler = HANDLERS[op.operation_id]
+        if op.method == "GET":  # and HEAD: GET's status and headers, aiohttp drops the body
+            app.router.add_get(op.path, handler, name=op.operation_id, allow_head=True)
+        else:
+            app.router.add_route(op.method, op.path, handler, name=op.operation_id)
     return app

@@ -28,6 +28,7 @@ class Operation:
     content_type: str = JSON
     auth: bool = True
     errors: tuple[int, ...] = (400,)
+    database: bool = True  # reads the database: a 503 with Retry-After when it is unavailable
 
 
 OPERATIONS: tuple[Operation, ...] = (
@@ -50,19 +51,20 @@ OPERATIONS: tuple[Operation, ...] = (
               "The event log as server-sent events (id: = position); resumes from "
               "Last-Event-ID or ?after=", m.StreamQuery, None, content_type="text/event-stream"),
     Operation("livez", "GET", "/livez", "Liveness: the process answers", None, m.LIVE,
-              auth=False, errors=()),
+              auth=False, errors=(), database=False),
     Operation("readyz", "GET", "/readyz",
               "Readiness: the database answers and its schema is at this code's revision",
               m.NoQuery, m.READY, errors=(400, 503)),
     Operation("metrics", "GET", "/metrics", "Prometheus metrics", m.NoQuery, None,
-              content_type="text/plain", errors=(400, 404)),
+              content_type="text/plain", errors=(400, 404), database=False),
     Operation("openapi", "GET", "/openapi.json", "This document", m.NoQuery,
-              {"type": "object"}),
+              {"type": "object"}, database=False),
 )
 
 _ERROR_TEXT = {
     400: "invalid parameters", 401: "missing or invalid bearer token",
-    404: "no such resource", 500: "internal error", 503: "not ready",
+    404: "no such resource", 500: "internal error",
+    503: "the database is unavailable (retry after Retry-After seconds); /readyz: not ready",
 }
 
 
@@ -77,9 +79,12 @@ def _operation(op: Operation) -> dict[str, Any]:
     else:
         body = {op.content_type: {"schema": {"type": "string"}}}
     responses: dict[str, Any] = {"200": {"description": "success", "content": body}}
-    statuses = list(op.errors) + ([401] if op.auth else []) + [500]
-    for status in sorted(set(statuses)):
+    statuses = list(op.errors) + ([401] if op.auth else []) + ([503] if op.database else [])
+    for status in sorted({*statuses, 500}):
         responses[str(status)] = _problem(status)
+    if op.database:
+        responses["503"]["headers"] = {
+            "Retry-After": {"schema": {"type": "integer", "minimum": 1}, "required": False}}
     if op.auth:
         responses["401"]["headers"] = {
             "WWW-Authenticate": {"schema": {"type": "string"}, "required": True}}
@@ -107,7 +112,7 @@ def document(version: str = "0.1.0") -> dict[str, Any]:
                 "Read-only access to recorded LivePerson conversations and the raw event log. "
                 "Keyset pagination: pass the reply's `next` as `?after=`; `next` is null when "
                 "there is nothing further (for /events: when the page is empty). Errors are "
-                "application/problem+json."
+                "application/problem+json. Every GET also answers HEAD (no body)."
             ),
         },
         "components": {

@@ -17,6 +17,7 @@ from aiohttp import web
 
 from recorder import api_sql as q
 from recorder.api import models as m
+from recorder.api.database_faults import GuardedPool
 from recorder.api.params import encode_cursor, parse
 from recorder.api.problems import Problem, bad_request, not_found
 
@@ -27,7 +28,7 @@ FIRST_KEY = ("", -(2**63))  # before every (dialog_id, sequence)
 MetricsRender = Callable[[], tuple[bytes, str]]
 Readiness = Callable[[], Awaitable[dict[str, Any]]]
 
-POOL: web.AppKey[Any] = web.AppKey("pool")  # an asyncpg.Pool
+POOL = web.AppKey("pool", GuardedPool)  # all database access: faults become 503s
 OPENAPI_DOC = web.AppKey("openapi_document", bytes)
 METRICS: web.AppKey[MetricsRender | None] = web.AppKey("metrics_render")
 READINESS: web.AppKey[Readiness | None] = web.AppKey("readiness")
@@ -197,7 +198,7 @@ async def livez(request: web.Request) -> web.Response:
 async def readyz(request: web.Request) -> web.Response:
     parse(m.NoQuery, request)
     expected = request.app[HEAD_REVISION]
-    try:
+    try:  # a lost or refused connection is the middleware's: retried, then a 503
         async with asyncio.timeout(READY_TIMEOUT_S):
             revision = await request.app[POOL].fetchval(q.SCHEMA_REVISION)
     except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError):

@@ -6,6 +6,16 @@ the header wins. The handler polls the log (bounded by log_head, as /events, so 
 skips a position), sends at most `limit` events per poll, sleeps `POLL_S` when there was
 nothing new, and writes a `: keepalive` comment after `HEARTBEAT_S` without events, which
 also detects clients that went away. Streams end when the application shuts down.
+
+Database faults: the first read happens before the headers go out, so a lost or refused
+connection there is retried / answered 503 by the middleware like any request. Once the
+headers are out no other status can be sent, and ending the stream would not help: EventSource
+reconnects, and a 503 then makes it give up for good. So a poll that hits a fault counts as
+a poll that found nothing: heartbeats go on, the next poll (on a fresh connection, after
+`RETRY_AFTER_S` when the database refused) resumes from the last position sent, and nothing
+is skipped or sent twice. The outage is logged once, by the pool (database_faults.Outage).
+
+HEAD gets GET's status and headers (the first read included) and no stream.
 """
 
 from __future__ import annotations
@@ -20,6 +30,7 @@ from aiohttp import web
 
 from recorder import api_sql as q
 from recorder.api import models as m
+from recorder.api.database_faults import RETRY_AFTER_S, DatabaseUnavailable
 from recorder.api.params import parse
 from recorder.api.routes import POOL, event_item
 from recorder.logs import event
@@ -42,7 +53,7 @@ async def stream_events(request: web.Request) -> web.StreamResponse:
     app = request.app
     pool, stopping = app[POOL], app[STOPPING]
     poll_s, heartbeat_s = app[POLL_S], app[HEARTBEAT_S]
-    # The first read happens before the headers go out: a broken database is a 500 problem,
+    # The first read happens before the headers go out: a broken database is a 503 problem,
     # not a stream that ends at once.
     rows = await pool.fetch(q.EVENTS_AFTER, position, p.limit)
     response = web.StreamResponse(headers={
@@ -50,9 +61,12 @@ async def stream_events(request: web.Request) -> web.StreamResponse:
         "Cache-Control": "no-cache",
         "X-Accel-Buffering": "no",
     })
+    if request.method == "HEAD":
+        return response  # aiohttp sends the headers and no body
     await response.prepare(request)
     await response.write(b"retry: 2000\n\n")
     quiet_since = time.monotonic()
+    wait_s = poll_s
     try:
         while not stopping.is_set():
             if rows:
@@ -65,11 +79,15 @@ async def stream_events(request: web.Request) -> web.StreamResponse:
                     await response.write(b": keepalive\n\n")
                     quiet_since = time.monotonic()
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stopping.wait(), poll_s)
+                    await asyncio.wait_for(stopping.wait(), wait_s)
             if len(rows) < p.limit and rows:
                 await asyncio.sleep(0)  # let other requests run between full batches
-            rows = [] if stopping.is_set() else await pool.fetch(
-                q.EVENTS_AFTER, position, p.limit)
+            rows, wait_s = [], poll_s
+            if not stopping.is_set():
+                try:
+                    rows = await pool.fetch(q.EVENTS_AFTER, position, p.limit)
+                except DatabaseUnavailable as fault:  # as a poll that found nothing
+                    wait_s = poll_s if fault.lost else max(poll_s, RETRY_AFTER_S)
     except ConnectionResetError:
         pass  # the client went away
     except Exception:  # headers are sent: end the stream, the client resumes from its id

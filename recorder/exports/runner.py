@@ -14,6 +14,11 @@ A crash anywhere leaves a `running` (or `failed`) run behind; the next run redoe
 its window first, under the same file names, so files appear whole or not at all and no
 window is exported twice or skipped. The redo writes the same rows: positions at or below
 the head never change.
+
+A write that fails (full disk, unwritable directory, ...) fails the run with an ExportError
+that says what failed and what was kept: a window's data file goes with its manifest, so
+nothing of the window is left; transcripts already written stay (each may have replaced an
+older version of itself); a job's checkpoint stays where it was.
 """
 
 from __future__ import annotations
@@ -46,7 +51,10 @@ from recorder.exports.files import (
     MANIFEST_SUFFIX,
     AtomicFile,
     FileResult,
+    WriteFailed,
     apply_retention,
+    failing_as,
+    remove_all,
     remove_quietly,
     temp_path,
     write_json_atomically,
@@ -66,7 +74,7 @@ _SAFE_NAME = re.compile(r"[A-Za-z0-9._-]+")
 
 
 class ExportError(RecorderError):
-    """An export could not be run or finished."""
+    """An export could not be run or finished (exit status 1)."""
 
 
 class JobBusyError(ExportError):
@@ -114,6 +122,11 @@ class Target:
             return self.out.with_name(self.out.name + MANIFEST_SUFFIX)
         assert self.directory is not None
         return self.directory / f"{self.base(window)}{MANIFEST_SUFFIX}"
+
+    @property
+    def streams(self) -> bool:
+        """Written to standard output (`--out -`): no file, no manifest beside it."""
+        return self.out is not None and str(self.out) == "-"
 
     def recorded_path(self, window: Window) -> Path:
         """The path export_runs keeps: the data file, or for transcripts the manifest."""
@@ -260,12 +273,17 @@ class Exporter:
                 q.START_RUN, target.job, target.kind, target.format,
                 window.low, window.high, str(path), scheduled_for, self._host, os.getpid(),
             )
+            published: list[Path] = []  # files of this window already in place
             try:
-                manifest = await self._write(data, target, window, run_id, progress)
-                self._step("file-renamed")
-                if target.out is None or str(target.out) != "-":
-                    await asyncio.to_thread(write_json_atomically,
-                                            target.manifest_path(window), manifest)
+                try:
+                    manifest = await self._write(data, target, window, run_id, progress,
+                                                 published)
+                    self._step("file-renamed")
+                    if not target.streams:
+                        await asyncio.to_thread(write_json_atomically,
+                                                target.manifest_path(window), manifest)
+                except WriteFailed as exc:
+                    raise await _failed(target, window, exc, published) from exc.__cause__
                 self._step("manifest-written")
                 await book.execute(q.FINISH_RUN, run_id, manifest["rows"],
                                    manifest.get("sha256"), orjson.dumps(manifest).decode())
@@ -285,7 +303,7 @@ class Exporter:
 
     async def _write(
         self, data: asyncpg.Connection, target: Target, window: Window, run_id: int,
-        progress: Progress | None,
+        progress: Progress | None, published: list[Path],
     ) -> dict[str, Any]:
         columns = BY_KIND[target.kind]
         manifest: dict[str, Any] = {
@@ -299,7 +317,7 @@ class Exporter:
         if window.until is not None:
             manifest["until"] = window.until.isoformat()
         if target.kind == "transcripts":
-            files = await self._write_transcripts(data, target, window, progress)
+            files = await self._write_transcripts(data, target, window, progress, published)
             manifest["rows"] = sum(entry["rows"] for entry in files)
             manifest["conversations"] = len(files)
             manifest["files"] = files
@@ -315,7 +333,7 @@ class Exporter:
                     data, window.low, window.high, page_rows=self.page_rows,
                     since=window.since, until=window.until)
             result = await self._write_file(target, target.data_path(window), pages, total,
-                                            progress)
+                                            progress, published)
             manifest.update(file=result.path.name, rows=result.rows, bytes=result.size,
                             sha256=result.sha256)
         manifest.update(
@@ -330,11 +348,11 @@ class Exporter:
 
     async def _write_file(
         self, target: Target, path: Path, pages: AsyncIterator[sources.Page], total: int,
-        progress: Progress | None,
+        progress: Progress | None, published: list[Path],
     ) -> FileResult:
         """Pages into one file; the next page downloads while a worker thread writes this one."""
         columns = BY_KIND[target.kind]
-        if str(path) == "-":
+        if target.streams:
             return await self._write_stream(target, pages)
         file = await asyncio.to_thread(AtomicFile, path, target.format, columns,
                                        target.compression)
@@ -343,7 +361,7 @@ class Exporter:
 
         def write(page: sources.Page) -> int:
             table = page()
-            file.writer.write(table)
+            file.write(table)
             return int(table.num_rows)
 
         try:
@@ -358,28 +376,42 @@ class Exporter:
                 pending = None
             if progress is not None:
                 progress(done, total)
-            return await asyncio.to_thread(file.publish)
-        except BaseException:
+            result = await asyncio.to_thread(file.publish)
+        except BaseException as exc:
             if pending is not None:
                 with contextlib.suppress(BaseException):
                     await asyncio.shield(pending)
-            await asyncio.to_thread(file.discard)
+            left = await asyncio.to_thread(file.discard)
+            if isinstance(exc, WriteFailed):
+                exc.left += left
             raise
+        published.append(result.path)
+        return result
 
     async def _write_stream(self, target: Target, pages: AsyncIterator[sources.Page]) -> FileResult:
         stdout = sys.stdout.buffer
         file = HashingFile(stdout)
-        writer = open_writer(target.format, file, BY_KIND[target.kind], target.compression)
-        async for page in pages:
-            table = await asyncio.to_thread(page)
-            await asyncio.to_thread(writer.write, table)
-        await asyncio.to_thread(writer.close)
-        stdout.flush()
+        # Only the writes: an OSError from the database (a dropped connection) is not ours.
+        action = "cannot write to standard output"  # a full disk behind it, a closed pipe
+        try:
+            with failing_as(action):
+                writer = open_writer(target.format, file, BY_KIND[target.kind],
+                                     target.compression)
+            async for page in pages:
+                table = await asyncio.to_thread(page)
+                with failing_as(action):
+                    await asyncio.to_thread(writer.write, table)
+            with failing_as(action):
+                await asyncio.to_thread(writer.close)
+                stdout.flush()
+        except WriteFailed:
+            silence_stdout()
+            raise
         return FileResult(Path("-"), writer.rows, file.size, file.sha256.hexdigest())
 
     async def _write_transcripts(
         self, data: asyncpg.Connection, target: Target, window: Window,
-        progress: Progress | None,
+        progress: Progress | None, published: list[Path],
     ) -> list[dict[str, Any]]:
         """One file per closed conversation, under its close date; rewritten in place when
         a closed conversation changes again (the newest manifest lists the newest file)."""
@@ -401,6 +433,7 @@ class Exporter:
                 relative = f"{day}/{name}{target.suffix}"
                 result = await asyncio.to_thread(
                     _write_one, root / relative, target, tables[conversation_id])
+                published.append(result.path)
                 files.append({"path": relative, "conversation_id": conversation_id,
                               "rows": result.rows, "bytes": result.size,
                               "sha256": result.sha256})
@@ -419,11 +452,54 @@ _OPEN = 2**62  # "up to the head"
 def _write_one(path: Path, target: Target, table: pa.Table) -> FileResult:
     file = AtomicFile(path, target.format, BY_KIND[target.kind], target.compression)
     try:
-        file.writer.write(table)
+        file.write(table)
         return file.publish()
-    except BaseException:
-        file.discard()
+    except BaseException as exc:
+        left = file.discard()
+        if isinstance(exc, WriteFailed):
+            exc.left += left
         raise
+
+
+async def _failed(target: Target, window: Window, exc: WriteFailed,
+                  published: list[Path]) -> ExportError:
+    """The error for a write that failed, saying what is left of the window and where the
+    job's checkpoint is; a window's data file is removed (its manifest never came)."""
+    left = list(exc.left)
+    if target.streams:
+        kept = "what reached standard output is incomplete and has no manifest"
+    else:
+        if target.kind != "transcripts":
+            left += await asyncio.to_thread(remove_all, *published)
+            published = []
+        # Transcripts stay: each may have replaced an older version of itself.
+        root = target.out if target.out is not None else target.directory
+        count = len(published)
+        if count:
+            kept = (f"{count} transcript file{'s' if count != 1 else ''} written before the "
+                    f"failure {'were' if count != 1 else 'was'} kept under {root}, with no "
+                    "manifest")
+        elif not left:
+            kept = "nothing was kept: no data file, temporary file or manifest is left"
+        else:
+            kept = "nothing else was kept"
+        if left:
+            kept += f"; could not remove {', '.join(str(path) for path in left)}"
+    if target.job is None:
+        return ExportError(f"export failed: {exc}; {kept}")
+    return ExportError(f"export {target.job} failed: {exc}; {kept}; the checkpoint stays at "
+                       f"position {window.low}, so the next run exports from there")
+
+
+def silence_stdout() -> None:
+    """Point standard output at /dev/null after writing to it failed: Python would flush
+    what is still buffered once more on exit, fail again (a second message) and exit 120."""
+    with contextlib.suppress(OSError, ValueError):  # no descriptor (captured, in tests)
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(devnull, sys.stdout.fileno())
+        finally:
+            os.close(devnull)
 
 
 def _describe(exc: BaseException) -> str:

@@ -40,7 +40,7 @@ from recorder.exports.files import (
     write_json_atomically,
 )
 from recorder.exports.jobs import DEFAULT_COMPRESSION, ExportJob
-from recorder.exports.runner import Exporter, JobBusyError
+from recorder.exports.runner import Exporter, ExportError, JobBusyError
 from recorder.exports.scheduler import ExportScheduler
 from recorder.writer import EventWriter
 from tests.exports.crash_export import CRASHED, MID_WRITE
@@ -373,13 +373,15 @@ async def test_an_unwritable_directory_fails_runs_until_it_is_fixed(
     job.directory.write_text("a file where the directory should be")  # even root can't write
     head = await add_events(database, 12)
     for attempt in range(2):
-        with pytest.raises(OSError):
+        with pytest.raises(ExportError, match="Not a directory; nothing was kept") as caught:
             await Exporter(database).run_job(job)
+        assert isinstance(caught.value.__cause__, NotADirectoryError)
         await add_events(database, 3, start=100 + attempt * 3)  # the failed window is kept anyway
     runs = await db.fetch(RUNS, job.name)
     assert [(r["status"], r["from_position"], r["to_position"]) for r in runs] == [
         ("failed", 0, head), ("failed", 0, head)]
-    assert all(r["error"].startswith(("FileExistsError", "NotADirectoryError")) for r in runs)
+    assert all(r["error"].startswith("ExportError: export ev failed: cannot write ")
+               for r in runs)
 
     job.directory.unlink()
     more = await add_events(database, 4, start=200)
