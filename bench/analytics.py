@@ -88,7 +88,7 @@ from append import (
     server_settings,
 )
 
-from recorder.events import EventRecord
+from recorder.eventlog.records import EventRecord
 
 BUDGET = {"facts_one_day_ms": 1000}
 DAY_MS = 86_400_000

@@ -6,7 +6,8 @@
 1. Load: N events over C conversations (bench/append.py's seeded workload: UPSERTs, text and
    rich content messages, accept/read receipts) are COPYed into `events` with contiguous
    positions 1..N, and log_head is set to N. Generation (Python) overlaps the COPY (server).
-2. Project: `recorder.rebuild.rebuild(target, swap=True)` replays 0..N into scratch tables
+2. Project: `recorder.projection.rebuild.rebuild(target, swap=True)` replays 0..N into scratch
+   tables
    with the projector's fold and swaps them into the live tables (--project rebuild, the
    default; the empty live tables' position is set to N first, so the rebuild swaps instead
    of also folding the log inline), or a Projector catches up from 0 (--project projector,
@@ -20,7 +21,7 @@
 4. Measure, from a separate process (multiprocessing, spawn), with --concurrency closed-loop
    workers over random existing conversation ids, --seconds each, one after the other while
    the ingest runs: GET /conversations/{id}, GET /conversations/{id}/messages, and the bare
-   asyncpg query the first route starts with (recorder.api_sql.GET_CONVERSATION) through an
+   asyncpg query the first route starts with (recorder.api.sql.GET_CONVERSATION) through an
    asyncpg pool of --concurrency connections. Latency is per request, client side (the
    client's own CPU time is in it; the client process's CPU is reported).
 
@@ -68,14 +69,15 @@ from append import (
     server_settings,
 )
 
-from recorder import api_sql, projection_sql
 from recorder.api import create_app, make_runner
-from recorder.database import DatabaseTarget
-from recorder.events import EventRecord
-from recorder.projection import PROJECTION_NAME
-from recorder.projector import Projector
-from recorder.rebuild import rebuild
-from recorder.writer import AppendResult, EventWriter
+from recorder.api import sql as api_sql
+from recorder.db.target import DatabaseTarget
+from recorder.eventlog.records import EventRecord
+from recorder.eventlog.writer import AppendResult, EventWriter
+from recorder.projection import sql as projection_sql
+from recorder.projection.fold import PROJECTION_NAME
+from recorder.projection.projector import Projector
+from recorder.projection.rebuild import rebuild
 
 BUDGET = {"p99_ms_max": 5.0}  # GET /conversations/{id}
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")

@@ -34,12 +34,12 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 import orjson
 
-from recorder import migrate
 from recorder.config import load_settings
-from recorder.database import DatabaseTarget, to_asyncpg_dsn
-from recorder.embedded import EmbeddedPostgres
-from recorder.events import EventRecord, dedupe_digest
-from recorder.writer import AppendResult, EventWriter
+from recorder.db import migrate
+from recorder.db.embedded import EmbeddedPostgres
+from recorder.db.target import DatabaseTarget, to_asyncpg_dsn
+from recorder.eventlog.records import EventRecord, dedupe_digest
+from recorder.eventlog.writer import AppendResult, EventWriter
 
 BUDGET = {"events_per_s_min": 20_000, "ratio_min": 0.4}
 

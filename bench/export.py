@@ -74,7 +74,7 @@ from append import (
     server_settings,
 )
 
-from recorder.database import DatabaseTarget
+from recorder.db.target import DatabaseTarget
 from recorder.exports import sources
 from recorder.exports import sql as export_sql
 from recorder.exports.columns import EVENTS

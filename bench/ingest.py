@@ -84,11 +84,11 @@ from append import (
 )
 
 from recorder.app import App, build_app
-from recorder.appender import AppendResult
 from recorder.cli import run_event_loop
 from recorder.config import ConsumerIdentity, Secret, load_settings
 from recorder.daemon import tune_garbage_collector
-from recorder.database import DatabaseTarget
+from recorder.db.target import DatabaseTarget
+from recorder.eventlog.appender import AppendResult
 from recorder.simulator import Simulator
 from recorder.ums.client import ClientSettings
 

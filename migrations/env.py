@@ -1,6 +1,6 @@
 """Alembic environment. Works three ways:
 
-- from `recorder migrate` (recorder.migrate), which hands over an open connection;
+- from `recorder migrate` (recorder.db.migrate), which hands over an open connection;
 - from the `alembic` CLI in a checkout, taking the URL from recorder's configuration
   (RECORDER_DATABASE_URL, or the embedded server in RECORDER_STATE_DIR);
 - offline (`alembic upgrade head --sql`), printing SQL.
@@ -14,7 +14,7 @@ from alembic import context
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from recorder.schema import metadata
+from recorder.db.schema import metadata
 
 config = context.config
 target_metadata = metadata
@@ -35,7 +35,7 @@ async def _run_with_settings() -> None:
     import asyncpg
 
     from recorder.config import load_settings
-    from recorder.database import open_database
+    from recorder.db.target import open_database
 
     async with open_database(load_settings()) as target:
         dsn = target.dsn

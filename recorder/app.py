@@ -20,24 +20,24 @@ import aiohttp
 import asyncpg
 from aiohttp import web
 
-from recorder import migrate
 from recorder.api import check_listen_allowed, create_app, listen
 from recorder.config import Settings
-from recorder.database import DatabaseTarget
+from recorder.db import migrate
+from recorder.db.target import DatabaseTarget
+from recorder.eventlog.ledger import DatabaseSessionLedger
+from recorder.eventlog.recording import CursorStore, RecordingSink, load_cursors
+from recorder.eventlog.writer import EventWriter
 from recorder.exports.runner import Exporter
 from recorder.exports.scheduler import ExportScheduler
 from recorder.identities import require_recording_settings, token_source
 from recorder.metrics import Metrics
 from recorder.notify import Notifier
-from recorder.projector import Projector
-from recorder.recording import CursorStore, RecordingSink, load_cursors
+from recorder.projection.projector import Projector
 from recorder.supervisor import Supervisor
 from recorder.ums.client import ClientSettings, ConsumerClient
 from recorder.ums.discovery import Discovery
-from recorder.ums.ledger import DatabaseSessionLedger
 from recorder.ums.subscriptions import Subscriber
 from recorder.watchdog import ServiceWatchdog
-from recorder.writer import EventWriter
 
 
 @dataclasses.dataclass
@@ -133,13 +133,15 @@ async def build_app(
             supervisor.add("sessions-ledger", ledger.run, drain_s=5)
             sinks: list[RecordingSink] = []
             for identity in settings.identities():
-                sink = RecordingSink(writer, cursors, account)
+                subscriber = Subscriber(cursors, client_settings)
+                sink = RecordingSink(writer, account, follower=subscriber)
                 client = ConsumerClient(
                     account=account,
                     tokens=token_source(identity, account, http, discovery.idp_url),
                     ums_url=ums_url,
                     session=http,
-                    handler=Subscriber(sink, client_settings),
+                    handler=sink,
+                    sessions=subscriber,
                     ledger=ledger,
                     settings=client_settings,
                 )
@@ -163,7 +165,7 @@ async def build_app(
                 supervisor.add("api", serve_api(runner, api_ready), drain_s=5)
                 app = App(writer, projector, ledger, cursors, clients, sinks, supervisor,
                           metrics, watchdog, exports)
-                metrics.attach(app)
+                metrics.attach(writer, projector, clients)
                 yield app
             finally:
                 if runner.server is not None:  # the api component did not get to run

@@ -17,9 +17,10 @@ from typing import Any
 
 import orjson
 
-from recorder import __version__, migrate
+from recorder import __version__
 from recorder.config import Settings, load_settings
-from recorder.database import open_database, url_passwords
+from recorder.db import migrate
+from recorder.db.target import open_database, url_passwords
 from recorder.errors import RecorderError
 from recorder.logs import configure_logging, event, redact, register_secret
 from recorder.simulator import cli as simulator_cli
@@ -65,7 +66,7 @@ async def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def cmd_rebuild(settings: Settings, args: argparse.Namespace) -> int:
-    from recorder.rebuild import rebuild_command
+    from recorder.projection.rebuild import rebuild_command
 
     return await rebuild_command(settings, args)
 
@@ -77,7 +78,7 @@ async def cmd_export(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def cmd_grant_reader(settings: Settings, args: argparse.Namespace) -> int:
-    from recorder.grants import grant_reader_command
+    from recorder.db.grants import grant_reader_command
 
     return await grant_reader_command(settings, args)
 
@@ -146,7 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_arguments(demo_parser)
     demo_parser.set_defaults(handler=cmd_demo)
 
-    from recorder import rebuild
+    from recorder.projection import rebuild
 
     rebuild_parser = commands.add_parser(
         "rebuild", help="replay the log into fresh projection tables; compare or swap them"
@@ -173,7 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_arguments(export_parser)
     export_parser.set_defaults(handler=cmd_export)
 
-    from recorder import grants
+    from recorder.db import grants
 
     grant_parser = commands.add_parser(
         "grant-reader", help="create (or grant to) a role that can only SELECT the documented "

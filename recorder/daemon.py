@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator
 
 from recorder.app import build_app
 from recorder.config import Settings
-from recorder.database import open_database
+from recorder.db.target import open_database
 from recorder.logs import event
 from recorder.notify import Notifier
 

@@ -20,11 +20,12 @@ from typing import TYPE_CHECKING
 
 import asyncpg
 
-from recorder import migrate
 from recorder.config import ConsumerIdentity, Secret, Settings
 from recorder.daemon import stop_on_signals, tune_garbage_collector
-from recorder.database import DatabaseTarget, mask_url, open_database
+from recorder.db import migrate
+from recorder.db.target import DatabaseTarget, mask_url, open_database
 from recorder.errors import ConfigError
+from recorder.projection.sql import DEMO_PROGRESS
 from recorder.simulator import Simulator
 
 if TYPE_CHECKING:
@@ -32,14 +33,6 @@ if TYPE_CHECKING:
 
 DEMO_ACCOUNT = "71234567"
 
-PROGRESS = """
-SELECT (SELECT position FROM log_head WHERE id = 1) AS events,
-       (SELECT count(*) FROM conversations) AS conversations,
-       (SELECT count(*) FROM conversations WHERE state = 'OPEN') AS open,
-       (SELECT count(*) FROM messages) AS messages,
-       (SELECT count(*) FROM receipts) AS receipts,
-       (SELECT count(*) FROM quarantine) AS quarantined
-"""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -83,7 +76,7 @@ async def _progress(target: DatabaseTarget, every: float, stop: asyncio.Event) -
         while not stop.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), every)
-            row = await connection.fetchrow(PROGRESS)
+            row = await connection.fetchrow(DEMO_PROGRESS)
             print(
                 f"recorded {row['events']} events: {row['conversations']} conversations "
                 f"({row['open']} open), {row['messages']} messages, {row['receipts']} receipts, "

@@ -25,14 +25,13 @@ from prometheus_client import (
     generate_latest,
 )
 
-from recorder.appender import AppendResult
-from recorder.events import KINDS
+from recorder.eventlog.appender import AppendResult
+from recorder.eventlog.records import KINDS
 
 if TYPE_CHECKING:
-    from recorder.app import App
-    from recorder.projector import Projector
+    from recorder.eventlog.writer import EventWriter
+    from recorder.projection.projector import Projector
     from recorder.ums.client import ConsumerClient
-    from recorder.writer import EventWriter
 
 __all__ = ["Metrics"]
 
@@ -126,12 +125,14 @@ class Metrics:
 
     # -- wiring --------------------------------------------------------------------------------
 
-    def attach(self, app: App) -> None:
+    def attach(
+        self, writer: EventWriter, projector: Projector, clients: Iterable[ConsumerClient]
+    ) -> None:
         """Listen to the writer's commits; sample the projector and the clients at render."""
-        app.writer.add_listener(self.observe_commit)
-        self._writer = app.writer
-        self._projector = app.projector
-        for client in app.clients:
+        writer.add_listener(self.observe_commit)
+        self._writer = writer
+        self._projector = projector
+        for client in clients:
             self.watch_client(client)
 
     def watch_client(self, client: ConsumerClient) -> None:

@@ -7,9 +7,12 @@ from typing import Any
 
 import asyncpg
 
-from recorder import migrate, sql
-from recorder.database import DatabaseTarget, connect
+from recorder.db import migrate
+from recorder.db import sql as db_sql
+from recorder.db.target import DatabaseTarget, connect
+from recorder.eventlog import sql
 from recorder.exports import sql as export_sql
+from recorder.projection import sql as projection_sql
 
 #: A session silent for longer than this is not called connected (the daemon may be gone).
 STALE_AFTER_S = 90.0
@@ -158,13 +161,13 @@ async def read_status(target: DatabaseTarget) -> Status:
     holes: list[SequenceHole] = []
     exports: list[ExportStatus] = []
     try:
-        settings = dict(await connection.fetch(sql.SERVER_SETTINGS))
+        settings = dict(await connection.fetch(db_sql.SERVER_SETTINGS))
         head = positions = quarantined = None
         if revision is not None:
             try:
                 head = int(await connection.fetchval(sql.HEAD))
                 positions = {r["name"]: r["position"] for r in await connection.fetch(
-                    sql.PROJECTION_POSITIONS)}
+                    projection_sql.PROJECTION_POSITIONS)}
                 quarantined = int(await connection.fetchval(sql.QUARANTINE_COUNT))
                 identities = [_identity(r) for r in await connection.fetch(sql.IDENTITY_STATUS)]
                 holes = [

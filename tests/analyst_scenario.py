@@ -39,7 +39,7 @@ TTRS = (("PRIORITIZED", 600), ("URGENT", 300), ("CUSTOM", 1800))
 FAR_TTR_S = 14 * 86_400  # a CUSTOM TTR whose deadline is still ahead when the test runs
 BRAND_ROLES = ("ASSIGNED_AGENT", "AGENT", "MANAGER")
 CONTENT_EVENTS = ("ContentEvent", "RichContentEvent")
-RICH_CONTENT = "rich-content"  # content_type of structured content (recorder/projection.py)
+RICH_CONTENT = "rich-content"  # content_type of structured content (recorder/projection/fold.py)
 #: The conversations left open at the end, one of each.
 OPEN_KINDS = ("open_waiting", "open_waiting_future", "open_answered", "open_transferred")
 

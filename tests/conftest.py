@@ -8,6 +8,7 @@ create and drop the per-test databases.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import shutil
 import tempfile
@@ -18,9 +19,25 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from recorder import migrate
-from recorder.database import DatabaseTarget, to_asyncpg_dsn
+from recorder.db import migrate
+from recorder.db.target import DatabaseTarget, to_asyncpg_dsn
 from tests.helpers import admin, with_database
+
+
+@pytest.fixture(autouse=True)
+def restore_root_logging() -> Iterator[None]:
+    """`recorder.cli.main()` run in process points the root handler at the test's captured
+    stderr; put the handlers back, so a later test never logs into a closed stream."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    for handler in list(root.handlers):
+        if handler not in handlers:
+            root.removeHandler(handler)
+    for handler in handlers:
+        if handler not in root.handlers:
+            root.addHandler(handler)
+    root.setLevel(level)
 
 
 @pytest.fixture(scope="session")
@@ -30,7 +47,7 @@ def server_dsn() -> Iterator[str]:
     if url:
         yield to_asyncpg_dsn(url)
         return
-    from recorder.embedded import EmbeddedPostgres
+    from recorder.db.embedded import EmbeddedPostgres
 
     state_dir = Path(tempfile.mkdtemp(prefix="recorder-test-"))
     embedded = EmbeddedPostgres(state_dir)

@@ -11,7 +11,7 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 import orjson
 
-from recorder.events import EventRecord, dedupe_digest
+from recorder.eventlog.records import EventRecord, dedupe_digest
 
 SESSION_ID = str(uuid.UUID(int=1))
 

@@ -11,12 +11,12 @@ from typing import Any
 import asyncpg
 import orjson
 
-from recorder.database import DatabaseTarget
-from recorder.events import EventRecord, canonical_json, dedupe_digest
-from recorder.projection_rows import LogRow
-from recorder.projector import Projector
+from recorder.db.target import DatabaseTarget
+from recorder.eventlog.records import EventRecord, canonical_json, dedupe_digest
+from recorder.eventlog.writer import EventWriter
+from recorder.projection.projector import Projector
+from recorder.projection.rows import LogRow
 from recorder.ums import frames
-from recorder.writer import EventWriter
 from tests.helpers import SESSION_ID
 from tests.protocol_files import example_json
 

@@ -15,10 +15,10 @@ from urllib.parse import urlencode, urlsplit, urlunsplit
 import asyncpg
 import pytest
 
-from recorder import migrate
-from recorder.database import DatabaseTarget
-from recorder.embedded import EmbeddedPostgres
-from recorder.writer import EventWriter
+from recorder.db import migrate
+from recorder.db.embedded import EmbeddedPostgres
+from recorder.db.target import DatabaseTarget
+from recorder.eventlog.writer import EventWriter
 from tests.helpers import assert_log_contiguous, message_event
 
 HEAD = migrate.head_revision()

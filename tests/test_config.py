@@ -13,7 +13,7 @@ from urllib.parse import parse_qsl, urlsplit
 import pytest
 
 from recorder.config import ConsumerIdentity, Secret, Settings, load_settings
-from recorder.database import mask_url
+from recorder.db.target import mask_url
 from recorder.errors import ConfigError
 
 

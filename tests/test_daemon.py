@@ -13,10 +13,10 @@ import aiohttp
 import asyncpg
 import pytest
 
-from recorder.database import DatabaseTarget
+from recorder.db.target import DatabaseTarget
 from recorder.simulator import Simulator
 from tests.helpers import assert_log_contiguous, free_port
-from tests.umsharness import ACCOUNT, truth
+from tests.ums.harness import ACCOUNT, truth
 
 
 def same_file(a: str, b: str) -> bool:

@@ -16,7 +16,7 @@ import pytest
 from recorder import logs
 from recorder.cli import register_settings_secrets
 from recorder.config import ConsumerIdentity, Secret, Settings
-from recorder.database import url_passwords
+from recorder.db.target import url_passwords
 from recorder.logs import (
     RedactionFilter,
     clear_secrets,
@@ -37,17 +37,9 @@ RECORDER = Path(__file__).resolve().parent.parent / "recorder"
 
 
 @pytest.fixture(autouse=True)
-def restore_logging() -> Iterator[None]:
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
+def forget_secrets() -> Iterator[None]:
+    """Registered secrets are process-wide; the root handlers are restored by conftest."""
     yield
-    for handler in list(root.handlers):
-        if handler not in handlers:
-            root.removeHandler(handler)
-    for handler in handlers:
-        if handler not in root.handlers:
-            root.addHandler(handler)
-    root.setLevel(level)
     clear_secrets()
 
 

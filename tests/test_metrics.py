@@ -12,9 +12,9 @@ import asyncpg
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from recorder.appender import AppendResult
-from recorder.database import DatabaseTarget
-from recorder.events import EventRecord, QuarantinedFrame, dedupe_digest
+from recorder.db.target import DatabaseTarget
+from recorder.eventlog.appender import AppendResult
+from recorder.eventlog.records import EventRecord, QuarantinedFrame, dedupe_digest
 from recorder.metrics import Metrics
 from recorder.simulator import Faults, Simulator
 from recorder.ums.client import ConsumerClient
@@ -31,7 +31,7 @@ from tests.faults.harness import (
     static_identities,
 )
 from tests.helpers import message_event
-from tests.umsharness import FAST, MemorySink
+from tests.ums.harness import FAST, MemorySink
 
 UUID_SHAPED = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", re.I)
 
@@ -132,7 +132,8 @@ async def test_closes_and_429s_are_counted_once_across_renders(
 
     client = ConsumerClient(
         account=ACCOUNT, tokens=StaticTokenSource("c0", "not-a-jwt"), ums_url=ums_url,
-        session=http, handler=Subscriber(MemorySink(), FAST), settings=FAST,
+        session=http, handler=MemorySink(), sessions=Subscriber(MemorySink(), FAST),
+        settings=FAST,
     )
     metrics = Metrics()
     metrics.watch_client(client)
@@ -162,7 +163,7 @@ async def test_daemon_metrics_against_the_simulator(
         tokens = [sim.token_for(sub) for sub in consumers]
         async with running_daemon(settings, database) as daemon:
             metrics = Metrics()
-            metrics.attach(daemon.app)
+            metrics.attach(daemon.app.writer, daemon.app.projector, daemon.app.clients)
             await sim.start_traffic(consumers, 2, rate=400, total_events=300)
             await poll(head_reaches(db, 100), "traffic never reached the log")
             sim.faults = Faults(reject_every=3)

@@ -16,7 +16,7 @@ import asyncpg
 import pytest
 
 from recorder.app import build_app
-from recorder.database import DatabaseTarget
+from recorder.db.target import DatabaseTarget
 from recorder.notify import Notifier
 from recorder.simulator import Simulator
 from tests.faults import oracle

@@ -30,9 +30,9 @@ import asyncpg
 import orjson
 import pytest
 
-from recorder import migrate
-from recorder.database import DatabaseTarget
-from recorder.grants import READABLE, grant_reader
+from recorder.db import migrate
+from recorder.db.grants import READABLE, grant_reader
+from recorder.db.target import DatabaseTarget
 from recorder.simulator import Simulator
 from tests.analyst_scenario import (
     CONSUMERS,

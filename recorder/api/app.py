@@ -17,12 +17,12 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from recorder import migrate
 from recorder.api import routes, stream
 from recorder.api.auth import auth_middleware
 from recorder.api.database_faults import GuardedPool, database_fault_middleware
 from recorder.api.openapi import OPERATIONS, document
 from recorder.api.problems import error_middleware
+from recorder.db import migrate
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 

@@ -1,4 +1,4 @@
-"""Handlers of the read API. SQL lives in recorder.api_sql; parameters in recorder.api.models.
+"""Handlers of the read API. SQL lives in recorder.api.sql; parameters in recorder.api.models.
 
 JSON is written by orjson: timestamps as RFC 3339 in UTC (`…Z`), JSONB columns passed through
 verbatim (orjson.Fragment), absent values as null.
@@ -15,8 +15,8 @@ import asyncpg
 import orjson
 from aiohttp import web
 
-from recorder import api_sql as q
 from recorder.api import models as m
+from recorder.api import sql as q
 from recorder.api.database_faults import GuardedPool
 from recorder.api.params import encode_cursor, parse
 from recorder.api.problems import Problem, bad_request, not_found

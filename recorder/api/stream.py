@@ -28,8 +28,8 @@ import time
 import orjson
 from aiohttp import web
 
-from recorder import api_sql as q
 from recorder.api import models as m
+from recorder.api import sql as q
 from recorder.api.database_faults import RETRY_AFTER_S, DatabaseUnavailable
 from recorder.api.params import parse
 from recorder.api.routes import POOL, event_item

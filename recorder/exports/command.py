@@ -16,9 +16,9 @@ from typing import Any
 
 import orjson
 
-from recorder import migrate
 from recorder.config import Settings
-from recorder.database import open_database
+from recorder.db import migrate
+from recorder.db.target import open_database
 from recorder.errors import ConfigError
 from recorder.exports.files import MANIFEST_SUFFIX
 from recorder.exports.jobs import (

@@ -41,9 +41,11 @@ import asyncpg
 import orjson
 import pyarrow as pa
 
-from recorder import __version__, migrate
-from recorder.database import DatabaseTarget, connect
+from recorder import __version__
+from recorder.db import migrate
+from recorder.db.target import DatabaseTarget, connect
 from recorder.errors import ConfigError, RecorderError
+from recorder.eventlog import sql as log_sql
 from recorder.exports import sources
 from recorder.exports import sql as q
 from recorder.exports.columns import BY_KIND, SCHEMA_VERSION
@@ -62,7 +64,7 @@ from recorder.exports.files import (
 from recorder.exports.jobs import ExportJob, file_suffix
 from recorder.exports.writers import HashingFile, open_writer
 from recorder.logs import event
-from recorder.projection import PROJECTION_NAME
+from recorder.projection.fold import PROJECTION_NAME
 
 log = logging.getLogger(__name__)
 
@@ -260,7 +262,7 @@ class Exporter:
         data = await self._connect()
         try:
             if target.kind == "events":
-                head = await data.fetchval(q.LOG_HEAD)
+                head = await data.fetchval(log_sql.HEAD)
             else:
                 # One snapshot: the projection's saved position and the rows it describes.
                 await data.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")

@@ -4,13 +4,14 @@ COPY as quoted literals); bookkeeping lives in export_runs."""
 
 from __future__ import annotations
 
+from recorder.db import schema
+
 #: Advisory lock class of export jobs (two-key form: apart from the writer's one-key lock).
 EXPORT_LOCK_CLASS = 0x72656378  # "recx"
 
 TRY_JOB_LOCK = "SELECT pg_try_advisory_lock($1::int, hashtext($2))"
 JOB_UNLOCK = "SELECT pg_advisory_unlock($1::int, hashtext($2))"
 
-LOG_HEAD = "SELECT position FROM log_head WHERE id = 1"
 PROJECTION_POSITION = (
     "SELECT coalesce((SELECT position FROM projection_positions WHERE name = $1), 0)"
 )
@@ -18,9 +19,8 @@ PROJECTION_POSITION = (
 # -- data ----------------------------------------------------------------------------------------
 
 # Positions up to a head read beforehand: every row at or below it has committed.
-EVENTS = """
-SELECT position, received_at, recorded_at, account_id, consumer_id, session_id, kind, type,
-       change_type, conversation_id, dialog_id, sequence, originator_id, server_ts, payload
+EVENTS = f"""
+SELECT {", ".join(schema.PUBLIC_EVENT_COLUMNS)}
 FROM events
 WHERE position > $1 AND position <= $2
   AND ($3::timestamptz IS NULL OR received_at >= $3)

@@ -13,19 +13,17 @@ import dataclasses
 import logging
 import time
 from collections.abc import Coroutine
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import orjson
 from aiohttp import web
 
 from recorder.logs import event
 from recorder.simulator.faults import apply_variants, malformed_frame
+from recorder.simulator.interface import SimulatorInterface
 from recorder.simulator.journal import CloseRecord, SentFrame, has_unknown_event
 from recorder.simulator.model import Json
 from recorder.simulator.tokens import Identity
-
-if TYPE_CHECKING:
-    from recorder.simulator.core import Simulator
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +49,7 @@ class Outgoing:
 
 class Connection:
     def __init__(
-        self, sim: Simulator, conn_id: int, ws: web.WebSocketResponse, transport: Any
+        self, sim: SimulatorInterface, conn_id: int, ws: web.WebSocketResponse, transport: Any
     ) -> None:
         self.sim = sim
         self.id = conn_id

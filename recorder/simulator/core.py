@@ -14,6 +14,7 @@ from types import TracebackType
 
 from recorder.simulator import script
 from recorder.simulator.faults import Faults
+from recorder.simulator.filestore import FileStore
 from recorder.simulator.journal import CloseRecord, ReceivedFrame, SentFrame
 from recorder.simulator.model import (
     AGENT,
@@ -27,7 +28,7 @@ from recorder.simulator.model import (
     SimulatorError,
     new_uuid,
 )
-from recorder.simulator.server import FileStore, SimServer
+from recorder.simulator.server import SimServer
 from recorder.simulator.tokens import TokenIssuer
 from recorder.simulator.traffic import run_traffic
 from recorder.simulator.world import World

@@ -12,7 +12,7 @@ import copy
 import logging
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import orjson
 
@@ -27,6 +27,7 @@ from recorder.simulator.checks import (
     state_filter,
 )
 from recorder.simulator.connection import Connection, ExSubscription
+from recorder.simulator.interface import SimulatorInterface
 from recorder.simulator.journal import ReceivedFrame
 from recorder.simulator.model import (
     CONSUMER,
@@ -40,14 +41,11 @@ from recorder.simulator.model import (
 )
 from recorder.simulator.tokens import TokenError
 
-if TYPE_CHECKING:
-    from recorder.simulator.core import Simulator
-
 log = logging.getLogger(__name__)
 
-Handler = Callable[["Simulator", Connection, str, Json, Json], None]
+Handler = Callable[[SimulatorInterface, Connection, str, Json, Json], None]
 
-async def handle_text(sim: Simulator, conn: Connection, text: str) -> None:
+async def handle_text(sim: SimulatorInterface, conn: Connection, text: str) -> None:
     """One text frame from the client; garbage is logged and ignored, never answered."""
     try:
         frame = orjson.loads(text)
@@ -76,13 +74,13 @@ async def handle_text(sim: Simulator, conn: Connection, text: str) -> None:
 
 
 async def _delayed(
-    sim: Simulator, conn: Connection, req_id: str, frame: Json, delay: float
+    sim: SimulatorInterface, conn: Connection, req_id: str, frame: Json, delay: float
 ) -> None:
     await asyncio.sleep(delay)
     dispatch(sim, conn, req_id, frame)
 
 
-def dispatch(sim: Simulator, conn: Connection, req_id: str, frame: Json) -> None:
+def dispatch(sim: SimulatorInterface, conn: Connection, req_id: str, frame: Json) -> None:
     """Answer one request; every frame it causes is queued before this returns."""
     if conn.closed:
         return
@@ -118,7 +116,7 @@ def dispatch(sim: Simulator, conn: Connection, req_id: str, frame: Json) -> None
         conn.send(wire.string_response(req_id, 400, f"Bad request: {exc}"))
 
 
-def _throttle(sim: Simulator) -> tuple[int, str] | None:
+def _throttle(sim: SimulatorInterface) -> tuple[int, str] | None:
     sim.request_count += 1
     n, faults = sim.request_count, sim.faults
     if faults.reject_every and n % faults.reject_every == 0:
@@ -131,7 +129,7 @@ def _throttle(sim: Simulator) -> tuple[int, str] | None:
 # -- connection ------------------------------------------------------------------------------------
 
 
-def _init_connection(sim: Simulator, conn: Connection, req_id: str, frame: Json) -> None:
+def _init_connection(sim: SimulatorInterface, conn: Connection, req_id: str, frame: Json) -> None:
     headers = frame.get("headers", [])
     if isinstance(headers, dict):
         headers = [headers]
@@ -165,12 +163,16 @@ def _init_connection(sim: Simulator, conn: Connection, req_id: str, frame: Json)
     conn.send(wire.string_response(req_id, 200, "OK"))
 
 
-def _get_clock(sim: Simulator, conn: Connection, req_id: str, body: Json, frame: Json) -> None:
+def _get_clock(
+    sim: SimulatorInterface, conn: Connection, req_id: str, body: Json, frame: Json
+) -> None:
     clock = {"currentTime": sim.clock.peek_ms()}
     conn.send(wire.response(req_id, 200, wire.CLOCK_RESP, clock))
 
 
-def _keep_alive(sim: Simulator, conn: Connection, req_id: str, body: Json, frame: Json) -> None:
+def _keep_alive(
+    sim: SimulatorInterface, conn: Connection, req_id: str, body: Json, frame: Json
+) -> None:
     conn.send(wire.string_response(req_id, 200, "OK"))
 
 
@@ -178,7 +180,7 @@ def _keep_alive(sim: Simulator, conn: Connection, req_id: str, body: Json, frame
 
 
 def _request_conversation(
-    sim: Simulator, conn: Connection, req_id: str, body: Json, frame: Json
+    sim: SimulatorInterface, conn: Connection, req_id: str, body: Json, frame: Json
 ) -> None:
     consumer = _consumer(conn)
     if body.get("brandId") not in (None, sim.account):
@@ -200,7 +202,7 @@ def _request_conversation(
 
 
 def _update_conversation(
-    sim: Simulator, conn: Connection, req_id: str, body: Json, frame: Json
+    sim: SimulatorInterface, conn: Connection, req_id: str, body: Json, frame: Json
 ) -> None:
     conv = _owned_conversation(sim, conn, body.get("conversationId"))
     fields = body.get("conversationField")
@@ -217,7 +219,9 @@ def _update_conversation(
     conn.send(wire.string_response(req_id, 200, text, wire.STRING_RESPONSE))
 
 
-def _apply_field(sim: Simulator, conn: Connection, conv: Conversation, field: Json) -> bool:
+def _apply_field(
+    sim: SimulatorInterface, conn: Connection, conv: Conversation, field: Json
+) -> bool:
     name = field["field"]
     if name == "ConversationStateField":
         if conv.state != OPEN:
@@ -246,7 +250,9 @@ def _apply_field(sim: Simulator, conn: Connection, conv: Conversation, field: Js
     return True
 
 
-def _subscribe_ex(sim: Simulator, conn: Connection, req_id: str, body: Json, frame: Json) -> None:
+def _subscribe_ex(
+    sim: SimulatorInterface, conn: Connection, req_id: str, body: Json, frame: Json
+) -> None:
     states = state_filter(body.get("convState"), "convState")
     stages = state_filter(body.get("stage"), "stage")
     min_ts = counter(body.get("minLastUpdatedTime", 0), "minLastUpdatedTime")
@@ -264,7 +270,7 @@ def _subscribe_ex(sim: Simulator, conn: Connection, req_id: str, body: Json, fra
 
 
 def _unsubscribe_ex(
-    sim: Simulator, conn: Connection, req_id: str, body: Json, frame: Json
+    sim: SimulatorInterface, conn: Connection, req_id: str, body: Json, frame: Json
 ) -> None:
     if conn.ex_subscriptions.pop(str(body.get("subscriptionId")), None) is None:
         raise BadRequest("Bad request: unknown subscriptionId")
@@ -275,7 +281,7 @@ def _unsubscribe_ex(
 
 
 def _subscribe_messaging(
-    sim: Simulator, conn: Connection, req_id: str, body: Json, frame: Json
+    sim: SimulatorInterface, conn: Connection, req_id: str, body: Json, frame: Json
 ) -> None:
     dialog = _visible_dialog(sim, conn, body.get("dialogId"))
     if body.get("conversationId") not in (None, dialog.conversation_id):
@@ -288,7 +294,9 @@ def _subscribe_messaging(
     conn.dialog_subscriptions.add(dialog.dialog_id)
 
 
-def _publish(sim: Simulator, conn: Connection, req_id: str, body: Json, frame: Json) -> None:
+def _publish(
+    sim: SimulatorInterface, conn: Connection, req_id: str, body: Json, frame: Json
+) -> None:
     dialog = _visible_dialog(sim, conn, body.get("dialogId"))
     if body.get("conversationId") not in (None, dialog.conversation_id):
         raise BadRequest("Bad request: dialogId does not belong to conversationId")
@@ -319,14 +327,14 @@ def _publish(sim: Simulator, conn: Connection, req_id: str, body: Json, frame: J
 
 
 def _generate_upload(
-    sim: Simulator, conn: Connection, req_id: str, body: Json, frame: Json
+    sim: SimulatorInterface, conn: Connection, req_id: str, body: Json, frame: Json
 ) -> None:
     path = sim.files.new_path(_consumer(conn), check_upload(body))
     conn.send(wire.response(req_id, 200, wire.GENERATE_URL_RESP, sim.files.signed(path)))
 
 
 def _generate_download(
-    sim: Simulator, conn: Connection, req_id: str, body: Json, frame: Json
+    sim: SimulatorInterface, conn: Connection, req_id: str, body: Json, frame: Json
 ) -> None:
     path = body.get("relativePath")
     if not isinstance(path, str) or not path.startswith("/"):
@@ -342,14 +350,14 @@ def _consumer(conn: Connection) -> str:
     return conn.consumer
 
 
-def _owned_conversation(sim: Simulator, conn: Connection, conv_id: Any) -> Conversation:
+def _owned_conversation(sim: SimulatorInterface, conn: Connection, conv_id: Any) -> Conversation:
     conv = sim.world.conversations.get(conv_id) if isinstance(conv_id, str) else None
     if conv is None or conv.consumer != conn.consumer:
         raise BadRequest(f"Bad request: unknown conversation {conv_id}")
     return conv
 
 
-def _visible_dialog(sim: Simulator, conn: Connection, dialog_id: Any) -> Dialog:
+def _visible_dialog(sim: SimulatorInterface, conn: Connection, dialog_id: Any) -> Dialog:
     dialog = sim.world.dialogs.get(dialog_id) if isinstance(dialog_id, str) else None
     if dialog is not None:
         owner = sim.world.conversations[dialog.conversation_id].consumer

@@ -11,13 +11,11 @@ import asyncio
 import logging
 import random
 from collections.abc import Coroutine
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from recorder.logs import event
+from recorder.simulator.interface import SimulatorInterface
 from recorder.simulator.model import POST_SURVEY, Dialog, Json, SimulatorError, new_uuid
-
-if TYPE_CHECKING:
-    from recorder.simulator.core import Simulator
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +103,7 @@ def hosted_file(
 class Script:
     """Reactions of scripted agents to what a live consumer publishes."""
 
-    def __init__(self, sim: Simulator, rng: random.Random) -> None:
+    def __init__(self, sim: SimulatorInterface, rng: random.Random) -> None:
         self.sim = sim
         self.rng = rng
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -154,7 +152,7 @@ class Script:
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
-async def run_storyline(sim: Simulator, conv: str, *, ending: str = "survey",
+async def run_storyline(sim: SimulatorInterface, conv: str, *, ending: str = "survey",
                         delay_s: float = 0.01) -> None:
     """The examples' storyline on one conversation (INDEX.md), then an ending.
 

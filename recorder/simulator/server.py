@@ -9,13 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import hashlib
-import hmac
 import logging
-import random
-import secrets
-import time
-from typing import TYPE_CHECKING
 
 import orjson
 from aiohttp import WSMsgType, web
@@ -23,12 +17,10 @@ from aiohttp import WSMsgType, web
 from recorder.logs import event
 from recorder.simulator import wire
 from recorder.simulator.connection import Connection
-from recorder.simulator.model import Conversation, Dialog, Json, new_uuid
+from recorder.simulator.interface import SimulatorInterface
+from recorder.simulator.model import Conversation, Dialog, Json
 from recorder.simulator.requests import handle_text
 from recorder.simulator.tokens import Identity, TokenError, parse_authorization
-
-if TYPE_CHECKING:
-    from recorder.simulator.core import Simulator
 
 log = logging.getLogger(__name__)
 
@@ -78,38 +70,8 @@ class Hub:
                 conn.send(frame)
 
 
-class FileStore:
-    """Swift-style temp URLs: `relativePath` plus `temp_url_sig`/`temp_url_expires` (§10)."""
-
-    def __init__(self, account: str, rng: random.Random) -> None:
-        self.account = account
-        self._rng = rng
-        self._secret = secrets.token_bytes(16)
-        self.data: dict[str, bytes] = {}
-
-    def new_path(self, consumer: str, file_type: str) -> str:
-        now = time.time()
-        millis = int(now * 1000) % 1000
-        stamp = time.strftime("%d-%m-%Y_%H-%M-%S", time.gmtime(now)) + f"-{millis:03d}"
-        name = f"{consumer}_uuid_{new_uuid(self._rng)}_{stamp}.{file_type}"
-        return f"/v1/AUTH_async-images/{self.account}/{name}"
-
-    def signed(self, path: str, ttl_s: int = 60) -> Json:
-        expires = str(int(time.time()) + ttl_s)
-        params = {"temp_url_sig": self._sign(path, expires), "temp_url_expires": expires}
-        return {"relativePath": path, "queryParams": params}
-
-    def check(self, path: str, sig: str, expires: str) -> bool:
-        if not expires.isdigit() or int(expires) < time.time():
-            return False
-        return hmac.compare_digest(sig, self._sign(path, expires))
-
-    def _sign(self, path: str, expires: str) -> str:
-        return hmac.new(self._secret, f"{path}\n{expires}".encode(), hashlib.sha1).hexdigest()
-
-
 class SimServer:
-    def __init__(self, sim: Simulator) -> None:
+    def __init__(self, sim: SimulatorInterface) -> None:
         self.sim = sim
         self.hub = Hub()
         self.app = web.Application()

@@ -12,14 +12,11 @@ import asyncio
 import logging
 import random
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
 
 from recorder.logs import event
+from recorder.simulator.interface import SimulatorInterface
 from recorder.simulator.model import TTR_TYPES, SimulatorError
 from recorder.simulator.script import CONSUMER_LINES, REPLIES
-
-if TYPE_CHECKING:
-    from recorder.simulator.core import Simulator
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +39,7 @@ MIN_BUDGET = 4
 
 
 def conversation_steps(
-    sim: Simulator, consumer: str, rng: random.Random, budget: int
+    sim: SimulatorInterface, consumer: str, rng: random.Random, budget: int
 ) -> Iterator[None]:
     """One conversation, one action per `next()`: open, `budget` actions, close, maybe more."""
     conv = sim.create_conversation(consumer, rng.choice(SKILLS))
@@ -95,7 +92,7 @@ def conversation_steps(
 
 
 async def run_traffic(
-    sim: Simulator,
+    sim: SimulatorInterface,
     consumers: list[str],
     conversations_per_consumer: int,
     rate: float,

@@ -67,8 +67,9 @@ class ClientSettings:
     use_init_connection: bool = False
 
 
-class SessionHandler(FrameHandler, Protocol):
-    """What a client does with its sessions: subscribe on connect, store what arrives."""
+class SessionHandler(Protocol):
+    """What a client does as its sessions open and close: subscribe on connect
+    (recorder.ums.subscriptions.Subscriber). Frames go to the FrameHandler, not here."""
 
     async def on_connected(self, connection: UmsConnection) -> None: ...
 
@@ -122,7 +123,8 @@ class ConsumerClient:
         tokens: TokenSource,
         ums_url: Callable[[], Awaitable[str]],
         session: aiohttp.ClientSession,
-        handler: SessionHandler,
+        handler: FrameHandler,
+        sessions: SessionHandler,
         ledger: SessionLedger | None = None,
         settings: ClientSettings | None = None,
     ) -> None:
@@ -131,7 +133,10 @@ class ConsumerClient:
         self.settings = settings or ClientSettings()
         self._ums_url = ums_url
         self._session = session
+        #: every frame of every session (the recording sink)
         self._handler = handler
+        #: told when a session opens and closes (the subscriber)
+        self._sessions = sessions
         self._ledger = ledger
         self._pacer = TokenBucket(self.settings.request_rate, self.settings.request_burst)
         self.connection: UmsConnection | None = None
@@ -250,7 +255,7 @@ class ConsumerClient:
             self.name, connection.session_id, close.code, close.reason or close.error or "",
             extra=event("ums.session.closed"),
         )
-        await self._handler.on_disconnected(connection, close)
+        await self._sessions.on_disconnected(connection, close)
         if self._ledger is not None:
             await self._ledger.closed(connection, close)
         return close
@@ -263,7 +268,7 @@ class ConsumerClient:
                     headers=frames.init_connection_headers(token.value, self.settings.features),
                     paced=False,
                 )
-            await self._handler.on_connected(connection)
+            await self._sessions.on_connected(connection)
         except (ResponseError, RequestTimeout, ResponseUnreadable) as exc:
             log.warning("identity %s: setting up the session failed: %s", self.name, exc,
                         extra=event("ums.session.setup_failed"))

@@ -77,6 +77,10 @@ class CloseInfo:
 
 
 class FrameHandler(Protocol):
+    """Where a connection hands every frame that is not a response: the one handler between
+    the socket and the log (recorder.eventlog.recording.RecordingSink). Reading waits while
+    a call is running, which is the backpressure."""
+
     async def on_notification(
         self, connection: UmsConnection, notification: Notification, received_at: float
     ) -> None: ...
@@ -106,6 +110,8 @@ class UmsConnection:
         self.ws = ws
         self.consumer_id = consumer_id
         self.session_id = session_id or uuid.uuid4()
+        #: session_id as text, as log rows and keys carry it
+        self.session_key = str(self.session_id)
         self._handler = handler
         self._pacer = pacer
         self._request_timeout = request_timeout

@@ -19,7 +19,7 @@ from __future__ import annotations
 import dataclasses
 import platform
 from collections.abc import Iterable
-from typing import Any, TypeAlias
+from typing import Any, NamedTuple, TypeAlias
 
 import orjson
 
@@ -273,6 +273,83 @@ def dialogs(conversation_details: Any) -> list[DialogInfo]:
         stamp = _as_int(dialog.get("metaDataLastUpdateTs"))
         found.append(DialogInfo(dialog_id, dialog_type, state, channel, stamp, details, dialog))
     return found
+
+
+class ConversationChange(NamedTuple):
+    """A conversation change read in one pass (what the log and the projection need of it)."""
+
+    type: str | None  # `type` (UPSERT, DELETE, …) when it is a string
+    conversation_id: str | None  # change_conversation_id
+    updated_ms: int | None  # server_timestamp_ms
+    result: dict[str, Any] | None  # `result`, when it is an object
+    details: Any  # `result.conversationDetails` as found (an object when usable)
+
+
+def read_conversation_change(change: dict[str, Any]) -> ConversationChange:
+    """change.get("type"), change_conversation_id, server_timestamp_ms and the details, with
+    each level of the change looked up once."""
+    change_type = change.get("type")
+    result = change.get("result")
+    if not isinstance(result, dict):
+        return ConversationChange(
+            change_type if isinstance(change_type, str) else None,
+            _id_text(change.get("conversationId")) or None,
+            _as_int(change.get("serverTimestamp")), None, None,
+        )
+    details = result.get("conversationDetails")
+    stamp = _as_int(details.get("metaDataLastUpdateTs")) if isinstance(details, dict) else None
+    return ConversationChange(
+        change_type if isinstance(change_type, str) else None,
+        _id_text(result.get("convId")) or None,
+        stamp if stamp is not None else _as_int(result.get("lastUpdateTime")),
+        result, details,
+    )
+
+
+def dialog_ids(conversation_details: Any) -> list[str]:
+    """The ids of `dialogs()`, without reading the rest of each dialog (dialog discovery)."""
+    if not isinstance(conversation_details, dict):
+        return []
+    found: list[str] = []
+    for dialog in as_list(conversation_details.get("dialogs")):
+        if isinstance(dialog, dict) and (dialog_id := _id_text(dialog.get("dialogId"))):
+            found.append(dialog_id)
+    return found
+
+
+class MessagingChange(NamedTuple):
+    """A messaging change read in one pass: the promoted columns of its log row."""
+
+    dialog_id: str | None  # change_dialog_id
+    sequence: int | None  # change_sequence
+    conversation_id: str | None  # change_conversation_id
+    server_ms: int | None  # server_timestamp_ms
+    event_type: str  # event_type
+    originator_id: str | None  # originator_id
+
+
+def read_messaging_change(change: dict[str, Any]) -> MessagingChange:
+    """The extractors below, applied to one messaging change with each field looked up once."""
+    result = change.get("result")
+    if isinstance(result, dict):  # not a messaging shape; read as the extractors would
+        conversation_id = _id_text(result.get("convId")) or None
+        server_ms = server_timestamp_ms(change)
+    else:
+        conversation_id = _id_text(change.get("conversationId")) or None
+        server_ms = _as_int(change.get("serverTimestamp"))
+    event = change.get("event")
+    meta = change.get("originatorMetadata")
+    author = _id_text(meta.get("id")) if isinstance(meta, dict) else None
+    if not author:
+        author = _id_text(change.get("originatorId")) or _id_text(change.get("originatorPId"))
+    return MessagingChange(
+        _id_text(change.get("dialogId")) or None,
+        _as_int(change.get("sequence")),
+        conversation_id,
+        server_ms,
+        _text(event.get("type")) if isinstance(event, dict) else "",
+        author or None,
+    )
 
 
 def change_conversation_id(change: Any) -> str | None:

@@ -3,15 +3,18 @@
 On every connect: `cqm.SubscribeExConversations` for all conversations (OPEN and CLOSE, both
 stages), then `ms.SubscribeMessagingEvents` for every known dialog with `fromSeq = cursor + 1`
 (`fromSeq` is inclusive; protocol.md section 6.3), and 0 for dialogs never seen. Dialogs are
-discovered from the `dialogs[]` of each UPSERT, so POST_SURVEY dialogs are subscribed as they
-open. Subscriptions are sent from side tasks: the reader must keep reading to see their replies.
+learned from the `dialogs[]` of each UPSERT, so POST_SURVEY dialogs are subscribed as they
+open: whoever reads the UPSERTs (the recording sink, recorder.eventlog.recording) calls
+`Subscriber.follow` with what it found. The subscriber never sees a frame itself. Subscriptions
+are sent from side tasks: the reader must keep reading to see their replies.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any, Protocol
+from collections.abc import Sequence
+from typing import Protocol
 
 from recorder.logs import event
 from recorder.ums import frames
@@ -23,35 +26,26 @@ from recorder.ums.connection import (
     ResponseError,
     UmsConnection,
 )
-from recorder.ums.frames import MalformedFrame, Notification
 
 log = logging.getLogger(__name__)
 
 
-class EventSink(Protocol):
-    """Where frames go; `cursor` is the last *stored* sequence of a dialog (None: never)."""
+class Cursors(Protocol):
+    """Where a dialog resumes: the last *stored* sequence (recorder.eventlog.recording's
+    CursorStore)."""
 
-    async def notification(
-        self, connection: UmsConnection, notification: Notification, received_at: float
-    ) -> None: ...
-
-    async def malformed(
-        self, connection: UmsConnection, error: MalformedFrame, received_at: float
-    ) -> None: ...
-
-    async def other(self, connection: UmsConnection, frame: Any, received_at: float) -> None: ...
-
-    def cursor(self, dialog_id: str) -> int | None: ...
+    def cursor(self, dialog_id: str) -> int | None:
+        """The last stored sequence of a dialog; None: nothing stored yet."""
 
     def known_dialogs(self, consumer_id: str) -> dict[str, str]:
         """Dialogs (id -> conversation id) to follow even if no snapshot names them."""
 
 
 class Subscriber:
-    """A SessionHandler that keeps every dialog of every conversation subscribed."""
+    """The SessionHandler that keeps every dialog of every conversation subscribed."""
 
-    def __init__(self, sink: EventSink, settings: ClientSettings | None = None) -> None:
-        self._sink = sink
+    def __init__(self, cursors: Cursors, settings: ClientSettings | None = None) -> None:
+        self._cursors = cursors
         self._settings = settings or ClientSettings()
         #: dialog id -> conversation id, for every dialog ever seen
         self.dialogs: dict[str, str] = {}
@@ -60,8 +54,10 @@ class Subscriber:
         self.subscription_errors = 0
 
     async def on_connected(self, connection: UmsConnection) -> None:
-        self._subscribed[str(connection.session_id)] = set()
-        for dialog_id, conversation_id in self._sink.known_dialogs(connection.consumer_id).items():
+        self._subscribed[connection.session_key] = set()
+        for dialog_id, conversation_id in self._cursors.known_dialogs(
+            connection.consumer_id
+        ).items():
             self.dialogs.setdefault(dialog_id, conversation_id)
         await request_with_retry(
             connection,
@@ -73,43 +69,27 @@ class Subscriber:
             self._subscribe_later(connection, conversation_id, dialog_id)
 
     async def on_disconnected(self, connection: UmsConnection, close: CloseInfo) -> None:
-        self._subscribed.pop(str(connection.session_id), None)
+        self._subscribed.pop(connection.session_key, None)
 
-    async def on_notification(
-        self, connection: UmsConnection, notification: Notification, received_at: float
+    def follow(
+        self, connection: UmsConnection, conversation_id: str, dialog_ids: Sequence[str]
     ) -> None:
-        # Store first: the raw frame must be kept even if interpreting it fails.
-        await self._sink.notification(connection, notification, received_at)
-        if frames.is_conversation_notification(notification):
-            for change in notification.changes:
-                self._discover(connection, change)
-
-    async def on_malformed(
-        self, connection: UmsConnection, error: MalformedFrame, received_at: float
-    ) -> None:
-        await self._sink.malformed(connection, error, received_at)
-
-    async def on_other(self, connection: UmsConnection, frame: Any, received_at: float) -> None:
-        await self._sink.other(connection, frame, received_at)
-
-    def _discover(self, connection: UmsConnection, change: dict[str, Any]) -> None:
-        if change.get("type") != "UPSERT":
-            return
-        conversation_id = frames.change_conversation_id(change)
-        if not conversation_id:
-            return
-        details = (change.get("result") or {}).get("conversationDetails") or {}
-        dialog_ids = [d.dialog_id for d in frames.dialogs(details) if d.dialog_id]
+        """An UPSERT of `conversation_id` named these dialogs (`frames.dialog_ids`): subscribe
+        the new ones on this session. The MAIN dialog's id is the conversation id, followed
+        even when the UPSERT does not list it."""
         if conversation_id not in dialog_ids:
-            dialog_ids.insert(0, conversation_id)  # the MAIN dialog id is the conversation id
+            self._follow_one(connection, conversation_id, conversation_id)
         for dialog_id in dialog_ids:
-            self.dialogs.setdefault(dialog_id, conversation_id)
-            self._subscribe_later(connection, conversation_id, dialog_id)
+            self._follow_one(connection, conversation_id, dialog_id)
+
+    def _follow_one(self, connection: UmsConnection, conversation_id: str, dialog_id: str) -> None:
+        self.dialogs.setdefault(dialog_id, conversation_id)
+        self._subscribe_later(connection, conversation_id, dialog_id)
 
     def _subscribe_later(
         self, connection: UmsConnection, conversation_id: str, dialog_id: str
     ) -> None:
-        subscribed = self._subscribed.get(str(connection.session_id))
+        subscribed = self._subscribed.get(connection.session_key)
         if subscribed is None or dialog_id in subscribed:
             return
         subscribed.add(dialog_id)
@@ -120,7 +100,7 @@ class Subscriber:
     async def _subscribe(
         self, connection: UmsConnection, conversation_id: str, dialog_id: str
     ) -> None:
-        cursor = self._sink.cursor(dialog_id)
+        cursor = self._cursors.cursor(dialog_id)
         from_seq = 0 if cursor is None else cursor + 1
         body = {"dialogId": dialog_id, "conversationId": conversation_id, "fromSeq": from_seq}
         try:

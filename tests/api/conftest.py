@@ -11,7 +11,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from recorder.api import create_app
-from recorder.database import DatabaseTarget
+from recorder.db.target import DatabaseTarget
 from tests.projection_helpers import (
     AGENT1,
     AGENT2,

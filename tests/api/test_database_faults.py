@@ -15,7 +15,7 @@ import pytest
 from aiohttp import ClientResponse, web
 from aiohttp.test_utils import TestClient
 
-from recorder.database import DatabaseTarget
+from recorder.db.target import DatabaseTarget
 from tests.api.test_feed import append_slowly, read_events
 from tests.api.test_security import assert_problem
 from tests.helpers import admin

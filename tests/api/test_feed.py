@@ -9,8 +9,8 @@ import orjson
 from aiohttp import ClientResponse, web
 from aiohttp.test_utils import TestClient
 
-from recorder.database import DatabaseTarget
-from recorder.writer import EventWriter
+from recorder.db.target import DatabaseTarget
+from recorder.eventlog.writer import EventWriter
 from tests.helpers import message_event
 
 Client = TestClient[web.Request, web.Application]

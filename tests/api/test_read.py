@@ -7,7 +7,7 @@ from typing import Any
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
-from recorder import migrate
+from recorder.db import migrate
 from tests.api.conftest import FILLERS, METRICS_TEXT, OTHER_CONSUMER, T0
 from tests.projection_helpers import ACCOUNT, AGENT1, AGENT2, CONSUMER, CONV, OLD_CONV
 

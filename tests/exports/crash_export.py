@@ -17,7 +17,7 @@ import os
 import sys
 from pathlib import Path
 
-from recorder.database import DatabaseTarget
+from recorder.db.target import DatabaseTarget
 from recorder.exports.jobs import DEFAULT_COMPRESSION, ExportJob
 from recorder.exports.runner import Exporter
 

@@ -8,7 +8,6 @@ files that hold the log exactly once.
 from __future__ import annotations
 
 import asyncio
-import logging
 import os
 import subprocess
 import sys
@@ -24,7 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from recorder.cli import main
 from recorder.config import load_settings
-from recorder.database import DatabaseTarget
+from recorder.db.target import DatabaseTarget
 from recorder.errors import ConfigError
 from recorder.exports.columns import EVENTS
 from recorder.exports.files import MANIFEST_SUFFIX
@@ -47,21 +46,12 @@ UNREACHABLE_URL = "postgresql://postgres@127.0.0.1:1/nope"
 
 @pytest.fixture(autouse=True)
 def clean_environment(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """No RECORDER_* setting or option mirror from the outside; logging as it was after."""
+    """No RECORDER_* setting or option mirror from the outside (conftest restores logging)."""
     for key in list(os.environ):
         if (key.startswith("RECORDER_") and not key.startswith("RECORDER_TEST_")) or key in (
                 "STATE_DIRECTORY", "JOURNAL_STREAM"):
             monkeypatch.delenv(key)
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
     yield
-    for handler in list(root.handlers):  # main() points a handler at the captured stderr
-        if handler not in handlers:
-            root.removeHandler(handler)
-    for handler in handlers:
-        if handler not in root.handlers:
-            root.addHandler(handler)
-    root.setLevel(level)
 
 
 def export(*args: str, database: DatabaseTarget | None = None,

@@ -22,7 +22,7 @@ import asyncpg
 import orjson
 import pytest
 
-from recorder.database import DatabaseTarget
+from recorder.db.target import DatabaseTarget
 from recorder.exports.files import MANIFEST_SUFFIX
 from recorder.exports.jobs import ExportJob
 from recorder.exports.runner import Exporter, ExportError

@@ -29,9 +29,10 @@ import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
 import pytest
 
-from recorder.database import DatabaseTarget
+from recorder.db.target import DatabaseTarget
 from recorder.errors import ConfigError
-from recorder.exports import sql as q
+from recorder.eventlog import sql as log_sql
+from recorder.eventlog.writer import EventWriter
 from recorder.exports.files import (
     MANIFEST_SUFFIX,
     TEMP_SUFFIX,
@@ -42,7 +43,6 @@ from recorder.exports.files import (
 from recorder.exports.jobs import DEFAULT_COMPRESSION, ExportJob
 from recorder.exports.runner import Exporter, ExportError, JobBusyError
 from recorder.exports.scheduler import ExportScheduler
-from recorder.writer import EventWriter
 from tests.exports.crash_export import CRASHED, MID_WRITE
 from tests.helpers import message_event, wait_until
 from tests.projection_helpers import append_changes, content, project, upsert
@@ -434,7 +434,7 @@ async def test_two_schedulers_on_one_database_export_each_window_once(
     slots = [r["scheduled_for"] for r in runs]
     assert None not in slots and len(set(slots)) == len(slots)  # a slot is exported once
     assert all(slot.microsecond == 0 for slot in slots)  # whole seconds from the origin
-    head = await db.fetchval(q.LOG_HEAD)
+    head = await db.fetchval(log_sql.HEAD)
     await Exporter(database).run_job(job)  # the rest since the last scheduled run
     await assert_exactly_once(db, job, head)
     assert not await db.fetchval(

@@ -20,9 +20,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from recorder import api_sql, migrate
-from recorder.database import DatabaseTarget
-from recorder.events import EventRecord, dedupe_digest
+from recorder.api import sql as api_sql
+from recorder.db import migrate
+from recorder.db.target import DatabaseTarget
+from recorder.eventlog.records import EventRecord, dedupe_digest
 from recorder.exports.columns import CONVERSATIONS, EVENTS, MESSAGES, SCHEMA_VERSION, TIMESTAMP
 from recorder.exports.command import parse_bound
 from recorder.exports.files import MANIFEST_SUFFIX

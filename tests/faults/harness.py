@@ -1,6 +1,6 @@
 """Running the whole daemon against the simulator: in-process (`build_app`) or as a real process.
 
-In-process runs use the FAST client timers of tests/umsharness.py so that reconnects and
+In-process runs use the FAST client timers of tests/ums/harness.py so that reconnects and
 retries play out in a test's time; the real process (needed for `kill -9`) runs with the
 production defaults, exactly as `recorder run` would under systemd.
 """
@@ -23,12 +23,12 @@ import asyncpg
 
 from recorder.app import App, build_app
 from recorder.config import ConsumerIdentity, Secret, Settings, load_settings
-from recorder.database import DatabaseTarget
+from recorder.db.target import DatabaseTarget
 from recorder.simulator import Faults, Simulator
 from recorder.simulator.tokens import Identity, TokenError
 from recorder.ums.client import ClientSettings
 from tests.helpers import free_port
-from tests.umsharness import ACCOUNT, FAST
+from tests.ums.harness import ACCOUNT, FAST
 
 __all__ = [
     "ACCOUNT", "FAST", "Daemon", "DaemonProcess", "head_reaches", "log_head",

@@ -14,7 +14,7 @@ doubled, reordered or mangled) and each conversation's current `conversationDeta
   TTR, times, and `details` verbatim), its participants and dialogs (ids, types, states,
   closers, participantsDetails), its messages and its receipts.
 
-What counts as a message follows recorder/projection_rows.py: every sequenced event except
+What counts as a message follows recorder/projection/rows.py: every sequenced event except
 receipts (`AcceptStatusEvent`, which go to `receipts` instead), that is content (text and
 hosted files), rich content, and event types the projection does not know (kept raw). So per
 dialog the messages must be exactly the simulator's stored events minus its receipts, with
@@ -33,9 +33,9 @@ from typing import Any
 import asyncpg
 import orjson
 
-from recorder.database import DatabaseTarget
-from recorder.projection import PROJECTION_NAME
-from recorder.rebuild import rebuild
+from recorder.db.target import DatabaseTarget
+from recorder.projection.fold import PROJECTION_NAME
+from recorder.projection.rebuild import rebuild
 from recorder.simulator import Simulator
 from tests.faults.harness import poll
 from tests.helpers import assert_log_contiguous

@@ -10,7 +10,7 @@ import jwt
 import pytest
 
 from recorder.config import ConsumerIdentity, Secret
-from recorder.database import DatabaseTarget
+from recorder.db.target import DatabaseTarget
 from recorder.simulator import Faults, Simulator
 from recorder.simulator.tokens import ISSUER
 from tests.faults import oracle

@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import asyncpg
 import pytest
 
-from recorder.database import DatabaseTarget
+from recorder.db.target import DatabaseTarget
 from recorder.simulator import Faults, Simulator
 from tests.faults import oracle
 from tests.faults.harness import ACCOUNT, play, running_daemon, settings_for, static_identities

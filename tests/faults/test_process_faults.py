@@ -10,10 +10,11 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from recorder import migrate
 from recorder.config import ConsumerIdentity
-from recorder.database import DatabaseTarget
+from recorder.db import migrate
+from recorder.db.target import DatabaseTarget
 from recorder.simulator import Simulator
+from tests.eventlog.test_writer_outage import PrivateServer
 from tests.faults import oracle
 from tests.faults.harness import (
     ACCOUNT,
@@ -27,7 +28,6 @@ from tests.faults.harness import (
     static_identities,
     token_file_identities,
 )
-from tests.test_writer_outage import PrivateServer
 
 pytestmark = pytest.mark.slow
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from recorder.database import DatabaseTarget
+from recorder.db.target import DatabaseTarget
 from recorder.simulator import Faults, Simulator
 from recorder.ums.client import ConsumerClient
 from tests.faults import oracle

@@ -1,0 +1,244 @@
+"""From notifications to event rows: one row per change, keys derived from the source.
+
+Dedupe keys (design.md section 2):
+- messaging changes with a sequence (content, rich content, receipts, unknown future events):
+  (dialog_id, sequence);
+- conversation changes: (conversation_id, change type, metaDataLastUpdateTs), or a hash of the
+  canonical change when the timestamp is missing;
+- chat state (no sequence, never replayed): the session, the connection's frame epoch and the
+  change. Typing notifications carry nothing that tells a second `COMPOSING` from the first,
+  so hashing the payload alone (design.md's key) would drop every repeat. The epoch advances
+  with each frame that differs from the previous one, so only a frame delivered twice in a
+  row shares a key.
+- anything else (unsolicited or unknown notifications): a hash of type, change and session.
+
+Each change is walked once (recorder.ums.frames.read_conversation_change and
+read_messaging_change): its key, its promoted columns, its payload and, for an UPSERT, the
+dialogs it names, which the sink hands to the subscriber (recorder.ums.subscriptions).
+
+Cursors are the last stored sequence per dialog. The appender moves them in the same
+transaction as the events; the in-memory copy here follows the writer's commit listener, and
+the subscriber reads it directly (CursorStore is its `Cursors`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Sequence
+from typing import Any, NamedTuple, Protocol
+
+import asyncpg
+import orjson
+
+from recorder.eventlog import sql
+from recorder.eventlog.appender import AppendResult
+from recorder.eventlog.records import EventRecord, QuarantinedFrame, canonical_json, dedupe_digest
+from recorder.eventlog.writer import EventWriter
+from recorder.ums import frames
+from recorder.ums.connection import UmsConnection
+from recorder.ums.frames import MalformedFrame, Notification
+
+#: Dialogs active this recently are resubscribed at start even if no snapshot names them.
+RECENT_DIALOG_SECONDS = 24 * 3600
+
+
+class Recorded(NamedTuple):
+    """What one pass over a notification yields."""
+
+    records: list[EventRecord]
+    #: (conversation id, dialog ids) of each UPSERT, in order: for dialog discovery
+    dialogs: list[tuple[str, list[str]]]
+
+
+def record_notification(
+    notification: Notification,
+    *,
+    account_id: str,
+    consumer_id: str,
+    session_id: str,
+    received_at: float,
+    frame_epoch: int = 0,
+) -> Recorded:
+    """One row per change, and the dialogs each UPSERT names, from one walk of each change.
+
+    The payload is the change re-encoded once: the same JSON value as received (the column is
+    jsonb, which keeps neither key order nor spacing). Where the key hashes the change, its
+    canonical text is that encoding too, so no change is encoded twice.
+    """
+    records: list[EventRecord] = []
+    learned: list[tuple[str, list[str]]] = []
+    frame_type = notification.type
+    if frames.is_conversation_notification(notification):
+        for change in notification.changes:
+            change_type, conversation_id, updated_ms, _, details = (
+                frames.read_conversation_change(change))
+            if updated_ms is not None:
+                key = dedupe_digest("conversation", conversation_id, change_type, updated_ms)
+                payload = _json_text(change)
+            else:
+                canonical = canonical_json(change)
+                key = dedupe_digest("conversation-content", canonical)
+                payload = canonical.decode()
+            if change_type == "UPSERT" and conversation_id:
+                learned.append((conversation_id, frames.dialog_ids(details)))
+            records.append(EventRecord(
+                received_at=received_at, account_id=account_id, consumer_id=consumer_id,
+                session_id=session_id, kind="conversation", type=frame_type,
+                change_type=change_type, conversation_id=conversation_id, dialog_id=None,
+                sequence=None, originator_id=None,
+                server_ts=None if updated_ms is None else updated_ms / 1000,
+                dedupe_key=key, payload=payload,
+            ))
+    elif frames.is_messaging_notification(notification):
+        for change in notification.changes:
+            dialog_id, sequence, conversation_id, server_ms, event_type, originator = (
+                frames.read_messaging_change(change))
+            if sequence is not None and dialog_id is not None:
+                key = dedupe_digest("messaging", dialog_id, sequence)
+                payload = _json_text(change)
+            else:
+                canonical = canonical_json(change)
+                key = dedupe_digest("ephemeral", session_id, frame_epoch, canonical)
+                payload = canonical.decode()
+            records.append(EventRecord(
+                received_at=received_at, account_id=account_id, consumer_id=consumer_id,
+                session_id=session_id, kind="messaging", type=frame_type,
+                change_type=event_type or None, conversation_id=conversation_id,
+                dialog_id=dialog_id, sequence=sequence, originator_id=originator,
+                server_ts=None if server_ms is None else server_ms / 1000,
+                dedupe_key=key, payload=payload,
+            ))
+    else:
+        for change in notification.changes or (notification.body,):
+            canonical = canonical_json(change)
+            records.append(EventRecord(
+                received_at=received_at, account_id=account_id, consumer_id=consumer_id,
+                session_id=session_id, kind="other", type=frame_type, change_type=None,
+                conversation_id=None, dialog_id=None, sequence=None, originator_id=None,
+                server_ts=None,
+                dedupe_key=dedupe_digest("other", frame_type, session_id, canonical),
+                payload=canonical.decode(),
+            ))
+    return Recorded(records, learned)
+
+
+def _json_text(value: Any) -> str:
+    return orjson.dumps(value).decode()
+
+
+class DialogFollower(Protocol):
+    """Told the dialogs each UPSERT names (recorder.ums.subscriptions.Subscriber.follow)."""
+
+    def follow(
+        self, connection: UmsConnection, conversation_id: str, dialog_ids: Sequence[str]
+    ) -> None: ...
+
+
+@dataclasses.dataclass
+class IdentityStats:
+    frames: int = 0
+    events: int = 0
+    malformed: int = 0
+    last_frame_at: float | None = None
+
+
+class CursorStore:
+    """Last stored sequence per dialog, and which consumer's dialog it is."""
+
+    def __init__(self) -> None:
+        self.sequences: dict[str, int] = {}
+        self.dialogs: dict[str, tuple[str | None, str]] = {}  # dialog -> (conversation, consumer)
+        self._recent: set[str] = set()
+
+    async def load(self, pool: Any) -> None:
+        now = time.time()
+        for row in await pool.fetch(sql.LOAD_CURSORS):
+            self.sequences[row["dialog_id"]] = row["last_sequence"]
+            self.dialogs[row["dialog_id"]] = (row["conversation_id"], row["consumer_id"])
+            if now - row["updated_at"].timestamp() < RECENT_DIALOG_SECONDS:
+                self._recent.add(row["dialog_id"])
+
+    def cursor(self, dialog_id: str) -> int | None:
+        return self.sequences.get(dialog_id)
+
+    def known_dialogs(self, consumer_id: str) -> dict[str, str]:
+        """Recently active dialogs of a consumer, dialog id -> conversation id."""
+        return {
+            dialog: conversation
+            for dialog, (conversation, consumer) in self.dialogs.items()
+            if consumer == consumer_id and conversation and dialog in self._recent
+        }
+
+    def committed(self, result: AppendResult) -> None:
+        """Writer listener: follow what the log now holds (duplicates were stored before)."""
+        for event in [e for _, e in result.stored] + result.duplicates:
+            if event.kind != "messaging" or event.sequence is None or event.dialog_id is None:
+                continue
+            if self.sequences.get(event.dialog_id, -1) < event.sequence:
+                self.sequences[event.dialog_id] = event.sequence
+            self.dialogs.setdefault(event.dialog_id, (event.conversation_id, event.consumer_id))
+
+
+class RecordingSink:
+    """The FrameHandler of one identity (recorder.ums.connection): every frame goes to the
+    writer as log rows, read in one pass, and the dialogs its UPSERTs name go to `follower`
+    (the subscriber), after the rows are queued: the frame is kept even if following fails."""
+
+    def __init__(self, writer: EventWriter, account_id: str, follower: DialogFollower) -> None:
+        self._writer = writer
+        self._account_id = account_id
+        self._follower = follower
+        self.stats = IdentityStats()
+
+    def _seen(self, received_at: float) -> None:
+        self.stats.frames += 1
+        self.stats.last_frame_at = received_at
+
+    async def on_notification(
+        self, connection: UmsConnection, notification: Notification, received_at: float
+    ) -> None:
+        self._seen(received_at)
+        records, learned = record_notification(
+            notification, account_id=self._account_id, consumer_id=connection.consumer_id,
+            session_id=connection.session_key, received_at=received_at,
+            frame_epoch=connection.frame_epoch,
+        )
+        for record in records:
+            await self._writer.put(record)  # blocks while the queue is full: backpressure
+        self.stats.events += len(records)
+        for conversation_id, dialog_ids in learned:
+            self._follower.follow(connection, conversation_id, dialog_ids)
+
+    async def on_malformed(
+        self, connection: UmsConnection, error: MalformedFrame, received_at: float
+    ) -> None:
+        self._seen(received_at)
+        self.stats.malformed += 1
+        await self._writer.put(QuarantinedFrame(
+            received_at=received_at, raw=error.raw_bytes, error=error.reason,
+            session_id=connection.session_key, account_id=self._account_id,
+            consumer_id=connection.consumer_id,
+        ))
+
+    async def on_other(self, connection: UmsConnection, frame: Any, received_at: float) -> None:
+        """A well-formed frame of a kind consumers are not sent: kept as an `other` event."""
+        self._seen(received_at)
+        data = getattr(frame, "data", None) or {}
+        session_id = connection.session_key
+        canonical = canonical_json(data)
+        await self._writer.put(EventRecord(
+            received_at=received_at, account_id=self._account_id,
+            consumer_id=connection.consumer_id, session_id=session_id, kind="other",
+            type=str(data.get("type") or getattr(frame, "kind", "")), change_type=None,
+            conversation_id=None, dialog_id=None, sequence=None, originator_id=None,
+            server_ts=None, dedupe_key=dedupe_digest("other", session_id, canonical),
+            payload=canonical.decode(),
+        ))
+        self.stats.events += 1
+
+
+async def load_cursors(pool: asyncpg.Pool) -> CursorStore:
+    store = CursorStore()
+    await store.load(pool)
+    return store

@@ -1,0 +1,165 @@
+"""Every SQL statement recorder runs on its hot paths, in one place."""
+
+from recorder.db import schema
+
+# recorded_at is clock_timestamp(), read after the lock, so it follows commit order.
+# Positions come from the one-row log_head counter inside the writer's transaction, under
+# LOCK TABLE events IN EXCLUSIVE MODE: contiguous, in commit order, and a rollback burns none.
+LOCK_EVENTS = "LOCK TABLE events IN EXCLUSIVE MODE"
+
+# One statement per batch: drop keys already stored, take a block of positions, insert.
+# The input is already free of in-batch duplicates and ordered as received. There is no
+# ON CONFLICT: under the lock a conflict cannot happen, and if it ever did, the unique
+# violation rolls the whole batch back instead of leaving a hole in the positions.
+APPEND_BATCH = """
+WITH input AS (
+    SELECT *
+    FROM unnest(
+        $1::double precision[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
+        $7::text[], $8::text[], $9::text[], $10::bigint[], $11::text[],
+        $12::double precision[], $13::bytea[], $14::text[]
+    ) WITH ORDINALITY AS t(
+        received_at, account_id, consumer_id, session_id, kind, type,
+        change_type, conversation_id, dialog_id, sequence, originator_id,
+        server_ts, dedupe_key, payload, ord
+    )
+), fresh AS (
+    SELECT i.*, row_number() OVER (ORDER BY i.ord) AS n
+    FROM input i
+    WHERE NOT EXISTS (SELECT 1 FROM events e WHERE e.dedupe_key = i.dedupe_key)
+), head AS (
+    UPDATE log_head SET position = position + (SELECT count(*) FROM fresh)
+    WHERE id = 1
+    RETURNING position
+)
+INSERT INTO events (
+    position, received_at, recorded_at, account_id, consumer_id, session_id, kind, type,
+    change_type, conversation_id, dialog_id, sequence, originator_id, server_ts,
+    dedupe_key, payload
+)
+SELECT
+    head.position - (SELECT count(*) FROM fresh) + f.n,
+    to_timestamp(f.received_at), clock_timestamp(), f.account_id, f.consumer_id, f.session_id::uuid,
+    f.kind, f.type, f.change_type, f.conversation_id, f.dialog_id, f.sequence,
+    f.originator_id, to_timestamp(f.server_ts), f.dedupe_key, f.payload::jsonb
+FROM fresh f CROSS JOIN head
+ORDER BY f.n
+RETURNING position, dedupe_key
+"""
+
+HEAD = "SELECT position FROM log_head WHERE id = 1"
+
+INSERT_QUARANTINE = """
+INSERT INTO quarantine (received_at, session_id, account_id, consumer_id, raw, error, dedupe_key)
+VALUES (to_timestamp($1), $2::uuid, $3, $4, $5, $6, $7)
+ON CONFLICT (dedupe_key) DO NOTHING
+"""
+
+# After a lost commit acknowledgement: which of a batch's keys did the failed attempt store?
+STORED_SINCE = """
+SELECT dedupe_key, position FROM events
+WHERE dedupe_key = ANY($1::bytea[]) AND position > $2
+"""
+
+QUARANTINE_COUNT = "SELECT count(*) FROM quarantine"
+
+# Reads see only rows at or below the head, in the same snapshot: a reader never sees n+1
+# before n, because the head only moves when the rows below it commit.
+EVENT_COLUMNS = ", ".join(
+    {
+        "received_at": "extract(epoch FROM received_at)::double precision AS received_at",
+        "recorded_at": "extract(epoch FROM recorded_at)::double precision AS recorded_at",
+        "server_ts": "extract(epoch FROM server_ts)::double precision AS server_ts",
+        "session_id": "session_id::text AS session_id",
+        "payload": "payload::text AS payload",
+    }.get(name, name)
+    for name in schema.EVENT_COLUMNS
+)
+
+#: Every read of the log stays at or below the head, evaluated in the same statement.
+UP_TO_HEAD = f"position <= ({HEAD})"
+
+READ_AFTER = f"""
+SELECT {EVENT_COLUMNS}
+FROM events
+WHERE position > $1 AND {UP_TO_HEAD}
+ORDER BY position
+LIMIT $2
+"""
+
+# One idempotent statement for opening, progress and closing: a session whose first write
+# failed (the database was down) still gets its whole row on a later one.
+SESSION_UPSERT = """
+INSERT INTO sessions (
+    session_id, account_id, consumer_id, identity_name, url, opened_at, frames, events,
+    duplicates, quarantined, last_frame_at, last_clock_rtt_ms, last_clock_at,
+    closed_at, close_code, close_reason
+) VALUES (
+    $1::uuid, $2, $3, $4, $5, to_timestamp($6), $7, $8, $9, $10, to_timestamp($11),
+    $12::double precision, CASE WHEN $12::double precision IS NULL THEN NULL ELSE now() END,
+    to_timestamp($13), $14, $15
+)
+ON CONFLICT (session_id) DO UPDATE SET
+    frames = EXCLUDED.frames, events = EXCLUDED.events, duplicates = EXCLUDED.duplicates,
+    quarantined = EXCLUDED.quarantined, last_frame_at = EXCLUDED.last_frame_at,
+    last_clock_rtt_ms = coalesce(EXCLUDED.last_clock_rtt_ms, sessions.last_clock_rtt_ms),
+    last_clock_at = coalesce(EXCLUDED.last_clock_at, sessions.last_clock_at),
+    closed_at = coalesce(sessions.closed_at, EXCLUDED.closed_at),
+    close_code = coalesce(sessions.close_code, EXCLUDED.close_code),
+    close_reason = coalesce(sessions.close_reason, EXCLUDED.close_reason)
+"""
+
+# Cursors move in the same transaction as the events they cover: a cursor never runs ahead
+# of what is stored.
+ADVANCE_CURSORS = """
+INSERT INTO dialog_cursors (dialog_id, conversation_id, consumer_id, last_sequence, updated_at)
+SELECT *, now() FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[])
+ON CONFLICT (dialog_id) DO UPDATE
+SET last_sequence = GREATEST(dialog_cursors.last_sequence, EXCLUDED.last_sequence),
+    conversation_id = COALESCE(dialog_cursors.conversation_id, EXCLUDED.conversation_id),
+    updated_at = now()
+"""
+
+LOAD_CURSORS = """
+SELECT dialog_id, conversation_id, consumer_id, last_sequence, updated_at
+FROM dialog_cursors
+"""
+
+# recorder status: the latest session of each identity, with what its sessions stored.
+IDENTITY_STATUS = """
+WITH latest AS (
+    SELECT DISTINCT ON (identity_name) identity_name, consumer_id, session_id, opened_at,
+           closed_at, close_code, close_reason, last_frame_at,
+           extract(epoch FROM now() - coalesce(last_frame_at, opened_at)) AS idle_s
+    FROM sessions ORDER BY identity_name, opened_at DESC
+), totals AS (
+    SELECT identity_name, count(*) AS sessions, sum(duplicates) AS duplicates,
+           sum(quarantined) AS quarantined, max(last_frame_at) AS last_frame_at
+    FROM sessions GROUP BY identity_name
+), stored AS (
+    SELECT s.identity_name, count(*) AS events
+    FROM events e JOIN sessions s ON s.session_id = e.session_id
+    GROUP BY s.identity_name
+)
+SELECT l.identity_name, l.consumer_id, l.session_id::text AS session_id, l.opened_at,
+       l.closed_at, l.close_code, l.close_reason, t.last_frame_at, l.idle_s, t.sessions,
+       coalesce(st.events, 0) AS events, t.duplicates, t.quarantined
+FROM latest l JOIN totals t USING (identity_name) LEFT JOIN stored st USING (identity_name)
+ORDER BY l.identity_name
+"""
+
+# Holes in a dialog's sequence numbers, with the session that delivered the event after the
+# hole (the one connected when it happened). Holes are expected upstream (events the consumer
+# may not see); they are reported, not repaired.
+SEQUENCE_HOLES = """
+SELECT x.dialog_id, x.conversation_id, coalesce(x.previous + 1, 0) AS first_missing,
+       x.sequence - 1 AS last_missing, x.session_id::text AS session_id, s.identity_name AS identity
+FROM (
+    SELECT dialog_id, conversation_id, sequence, session_id,
+           lag(sequence) OVER (PARTITION BY dialog_id ORDER BY sequence) AS previous
+    FROM events WHERE kind = 'messaging' AND sequence IS NOT NULL
+) x LEFT JOIN sessions s ON s.session_id = x.session_id
+WHERE x.sequence > coalesce(x.previous + 1, 0)
+ORDER BY x.dialog_id, x.sequence
+LIMIT $1
+"""

@@ -1,0 +1,1 @@
+"""Tests of recorder.simulator: the LivePerson simulator."""
