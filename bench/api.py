@@ -74,8 +74,8 @@ from recorder.api import sql as api_sql
 from recorder.db.target import DatabaseTarget
 from recorder.eventlog.records import EventRecord
 from recorder.eventlog.writer import AppendResult, EventWriter
+from recorder.projection import PROJECTION_NAME
 from recorder.projection import sql as projection_sql
-from recorder.projection.fold import PROJECTION_NAME
 from recorder.projection.projector import Projector
 from recorder.projection.rebuild import rebuild
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-import random
 import time
 from collections.abc import Callable
 
@@ -22,6 +21,7 @@ import asyncpg
 
 from recorder.db import sql as db_sql
 from recorder.db.leadership import LeaderConnection
+from recorder.db.retry import TRANSIENT_ERRORS, backoff_s
 from recorder.db.target import DatabaseTarget
 from recorder.errors import WriterStoppedError
 from recorder.eventlog import sql
@@ -34,18 +34,6 @@ log = logging.getLogger(__name__)
 
 #: Advisory lock key for "the event log writer" (any fixed bigint; this spells "recorder").
 LEADER_LOCK_KEY = 0x7265636F72646572
-
-TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
-    OSError,
-    TimeoutError,
-    asyncpg.InterfaceError,
-    asyncpg.exceptions.InternalClientError,  # a connection killed mid-protocol
-    asyncpg.exceptions.PostgresConnectionError,
-    asyncpg.exceptions.OperatorInterventionError,  # admin shutdown, cannot connect now
-    asyncpg.exceptions.InsufficientResourcesError,
-    asyncpg.exceptions.TransactionRollbackError,  # deadlock, serialization failure
-    asyncpg.exceptions.LockNotAvailableError,
-)
 
 #: Server-side settings of the writer's session. The TCP settings make the server drop the
 #: session of a writer whose network vanished, so its advisory lock does not outlive it.
@@ -235,8 +223,7 @@ class EventWriter:
                 attempt += 1
                 self.stats.retries += 1
                 self._leader.discard()
-                delay = min(self._max_backoff, 0.1 * 2 ** min(attempt, 10))
-                delay *= random.uniform(0.5, 1.0)
+                delay = backoff_s(attempt, self._max_backoff)
                 log.warning(
                     "database unavailable (%s: %s); retrying %d events in %.2fs (attempt %d)",
                     type(exc).__name__, exc, len(batch), delay, attempt,

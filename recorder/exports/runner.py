@@ -64,7 +64,7 @@ from recorder.exports.files import (
 from recorder.exports.jobs import ExportJob, file_suffix
 from recorder.exports.writers import HashingFile, open_writer
 from recorder.logs import event
-from recorder.projection.fold import PROJECTION_NAME
+from recorder.projection import PROJECTION_NAME
 
 log = logging.getLogger(__name__)
 

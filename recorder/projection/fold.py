@@ -44,6 +44,7 @@ import orjson
 
 from recorder.errors import ProjectionConflictError
 from recorder.logs import event as log_event
+from recorder.projection import PROJECTION_NAME
 from recorder.projection import sql as q
 from recorder.projection.rows import (
     Batch,
@@ -57,7 +58,6 @@ from recorder.projection.rows import (
 
 log = logging.getLogger(__name__)
 
-PROJECTION_NAME = "conversations"
 _NO_STATE = (None,) * len(q.STATE_COLUMNS)
 
 

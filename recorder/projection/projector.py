@@ -17,19 +17,19 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-import random
 import time
 
 import asyncpg
 
 from recorder.db.leadership import LeaderConnection
+from recorder.db.retry import TRANSIENT_ERRORS, backoff_s
 from recorder.db.target import DatabaseTarget
 from recorder.errors import ProjectionConflictError, ProjectionError
 from recorder.eventlog import sql as log_sql
-from recorder.eventlog.writer import TRANSIENT_ERRORS
 from recorder.logs import event
+from recorder.projection import PROJECTION_NAME
 from recorder.projection import sql as q
-from recorder.projection.fold import PROJECTION_NAME, apply_and_advance, load_position
+from recorder.projection.fold import apply_and_advance, load_position
 from recorder.projection.rows import LogRow
 
 log = logging.getLogger(__name__)
@@ -124,8 +124,7 @@ class Projector:
                     attempt += 1
                     self.stats.retries += 1
                     self._leader.discard()
-                    delay = min(self._max_backoff, 0.1 * 2 ** min(attempt, 10))
-                    delay *= random.uniform(0.5, 1.0)
+                    delay = backoff_s(attempt, self._max_backoff)
                     log.warning("projector: database unavailable (%s: %s); retrying in %.2fs",
                                 type(exc).__name__, exc, delay,
                                 extra=event("projector.outage.retry"))

@@ -43,8 +43,9 @@ from recorder.errors import RebuildError
 from recorder.eventlog import sql as log_sql
 from recorder.logs import event
 from recorder.progress import ProgressBar
+from recorder.projection import PROJECTION_NAME
 from recorder.projection import sql as q
-from recorder.projection.fold import PROJECTION_NAME, apply_and_advance
+from recorder.projection.fold import apply_and_advance
 from recorder.projection.projector import PROJECTOR_LOCK_KEY
 from recorder.projection.rebuild_tables import (
     TableDifference,

@@ -147,3 +147,4 @@ async def test_a_failing_on_acquired_gives_the_lock_back(
     other = leader(database, "other")
     assert await asyncio.wait_for(other.acquire(asyncio.Event()), 10) is not None
     await other.close()
+

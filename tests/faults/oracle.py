@@ -34,7 +34,7 @@ import asyncpg
 import orjson
 
 from recorder.db.target import DatabaseTarget
-from recorder.projection.fold import PROJECTION_NAME
+from recorder.projection import PROJECTION_NAME
 from recorder.projection.rebuild import rebuild
 from recorder.simulator import Simulator
 from tests.faults.harness import poll
