@@ -9,7 +9,7 @@ that a later page would then show.
 from __future__ import annotations
 
 from recorder.db import schema
-from recorder.eventlog.sql import UP_TO_HEAD
+from recorder.eventlog.sql import UP_TO_HEAD, events_after
 
 # -- conversations -------------------------------------------------------------------------------
 
@@ -91,13 +91,7 @@ EVENT_COLUMNS = ", ".join(
     for name in schema.PUBLIC_EVENT_COLUMNS
 )
 
-EVENTS_AFTER = f"""
-SELECT {EVENT_COLUMNS}
-FROM events
-WHERE position > $1 AND {UP_TO_HEAD}
-ORDER BY position
-LIMIT $2
-"""
+EVENTS_AFTER = events_after(EVENT_COLUMNS)
 
 CONVERSATION_EVENTS_AFTER = f"""
 SELECT {EVENT_COLUMNS}

@@ -79,13 +79,20 @@ EVENT_COLUMNS = ", ".join(
 #: Every read of the log stays at or below the head, evaluated in the same statement.
 UP_TO_HEAD = f"position <= ({HEAD})"
 
-READ_AFTER = f"""
-SELECT {EVENT_COLUMNS}
+
+
+def events_after(columns: str) -> str:
+    """The one read-after-position query: `$2` events past position `$1`, up to the head."""
+    return f"""
+SELECT {columns}
 FROM events
 WHERE position > $1 AND {UP_TO_HEAD}
 ORDER BY position
 LIMIT $2
 """
+
+
+READ_AFTER = events_after(EVENT_COLUMNS)
 
 # One idempotent statement for opening, progress and closing: a session whose first write
 # failed (the database was down) still gets its whole row on a later one.
