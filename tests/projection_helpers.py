@@ -16,7 +16,7 @@ from recorder.eventlog.records import EventRecord, canonical_json, dedupe_digest
 from recorder.eventlog.writer import EventWriter
 from recorder.projection.projector import Projector
 from recorder.projection.rows import LogRow
-from recorder.ums import frames
+from recorder.ums import payload
 from tests.helpers import SESSION_ID
 from tests.protocol_files import example_json
 
@@ -43,33 +43,33 @@ TABLES = {
 def example_changes(name: str) -> list[dict[str, Any]]:
     """The changes of the example frame `name` (tests/protocol/examples)."""
     frame = example_json(name)
-    return [c for c in frames.as_list(frame["body"].get("changes")) if isinstance(c, dict)]
+    return [c for c in payload.as_list(frame["body"].get("changes")) if isinstance(c, dict)]
 
 
 def record(change: dict[str, Any], *, consumer_id: str = CONSUMER) -> EventRecord:
     """One log row for one change, keyed like the receiver keys it."""
     if isinstance(change.get("result"), dict):
-        conversation = frames.change_conversation_id(change)
-        stamp = frames.server_timestamp_ms(change)
+        conversation = payload.change_conversation_id(change)
+        stamp = payload.server_timestamp_ms(change)
         key = (dedupe_digest("conversation", conversation, change.get("type"), stamp)
                if stamp is not None else dedupe_digest("conversation-content",
                                                        canonical_json(change)))
         kind, type_, change_type, dialog, sequence = (
             "conversation", "cqm.ExConversationChangeNotification", change.get("type"), None, None)
     else:
-        conversation = frames.change_conversation_id(change)
-        dialog = frames.change_dialog_id(change)
-        sequence = frames.change_sequence(change)
-        stamp = frames.server_timestamp_ms(change)
+        conversation = payload.change_conversation_id(change)
+        dialog = payload.change_dialog_id(change)
+        sequence = payload.change_sequence(change)
+        stamp = payload.server_timestamp_ms(change)
         key = (dedupe_digest("messaging", dialog, sequence) if sequence is not None
                else dedupe_digest("ephemeral", SESSION_ID, canonical_json(change)))
         kind, type_, change_type = (
-            "messaging", "ms.MessagingEventNotification", frames.event_type(change) or None)
+            "messaging", "ms.MessagingEventNotification", payload.event_type(change) or None)
     return EventRecord(
         received_at=time.time(), account_id=ACCOUNT, consumer_id=consumer_id,
         session_id=SESSION_ID, kind=kind, type=type_, change_type=change_type,
         conversation_id=conversation, dialog_id=dialog, sequence=sequence,
-        originator_id=frames.originator_id(change) if kind == "messaging" else None,
+        originator_id=payload.originator_id(change) if kind == "messaging" else None,
         server_ts=None if stamp is None else stamp / 1000, dedupe_key=key,
         payload=orjson.dumps(change).decode(),
     )

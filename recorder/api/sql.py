@@ -9,7 +9,7 @@ that a later page would then show.
 from __future__ import annotations
 
 from recorder.db import schema
-from recorder.eventlog.sql import UP_TO_HEAD, events_after
+from recorder.eventlog.sql import UP_TO_HEAD, events_after, select_list
 
 # -- conversations -------------------------------------------------------------------------------
 
@@ -84,12 +84,7 @@ ORDER BY r.dialog_id, r.sequence, r.server_ts NULLS LAST, r.participant_id, r.st
 
 # -- the log -------------------------------------------------------------------------------------
 
-EVENT_COLUMNS = ", ".join(
-    {"session_id": "session_id::text AS session_id", "payload": "payload::text AS payload"}.get(
-        name, name
-    )
-    for name in schema.PUBLIC_EVENT_COLUMNS
-)
+EVENT_COLUMNS = select_list(schema.PUBLIC_EVENT_COLUMNS, epoch_times=False)
 
 EVENTS_AFTER = events_after(EVENT_COLUMNS)
 

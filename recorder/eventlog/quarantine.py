@@ -2,7 +2,7 @@
 
 A quarantine insert must not fail in turn, or the writer would stop on the very row it is
 trying to set aside. So every field is made storable here: text without NUL characters, a
-session id only when it is a UUID. Each row has a key, so retrying after a lost commit
+lone surrogates escaped, a session id only when it is a UUID. Each row has a key, so retrying after a lost commit
 acknowledgement does not store it twice.
 """
 
@@ -26,7 +26,12 @@ def quarantine_event(event: EventRecord, error: str) -> QuarantinedFrame:
 
 
 def _text(value: str | None) -> str | None:
-    return None if value is None else value.replace("\x00", "\\u0000")
+    """Text PostgreSQL stores: NUL and lone surrogates (not UTF-8) become visible escapes."""
+    if value is None:
+        return None
+    if not value.isascii():
+        value = value.encode("utf-8", "backslashreplace").decode("utf-8")
+    return value.replace("\x00", "\\u0000")
 
 
 def _uuid(value: str | None) -> str | None:

@@ -12,7 +12,7 @@ Dedupe keys (design.md section 2):
   row shares a key.
 - anything else (unsolicited or unknown notifications): a hash of type, change and session.
 
-Each change is walked once (recorder.ums.frames.read_conversation_change and
+Each change is walked once (recorder.ums.payload.read_conversation_change and
 read_messaging_change): its key, its promoted columns, its payload and, for an UPSERT, the
 dialogs it names, which the sink hands to the subscriber (recorder.ums.subscriptions).
 
@@ -38,6 +38,7 @@ from recorder.eventlog.writer import EventWriter
 from recorder.ums import frames
 from recorder.ums.connection import UmsConnection
 from recorder.ums.frames import MalformedFrame, Notification
+from recorder.ums.payload import dialog_ids, read_conversation_change, read_messaging_change
 
 #: Dialogs active this recently are resubscribed at start even if no snapshot names them.
 RECENT_DIALOG_SECONDS = 24 * 3600
@@ -72,7 +73,7 @@ def record_notification(
     if frames.is_conversation_notification(notification):
         for change in notification.changes:
             change_type, conversation_id, updated_ms, _, details = (
-                frames.read_conversation_change(change))
+                read_conversation_change(change))
             if updated_ms is not None:
                 key = dedupe_digest("conversation", conversation_id, change_type, updated_ms)
                 payload = _json_text(change)
@@ -81,7 +82,7 @@ def record_notification(
                 key = dedupe_digest("conversation-content", canonical)
                 payload = canonical.decode()
             if change_type == "UPSERT" and conversation_id:
-                learned.append((conversation_id, frames.dialog_ids(details)))
+                learned.append((conversation_id, dialog_ids(details)))
             records.append(EventRecord(
                 received_at=received_at, account_id=account_id, consumer_id=consumer_id,
                 session_id=session_id, kind="conversation", type=frame_type,
@@ -93,7 +94,7 @@ def record_notification(
     elif frames.is_messaging_notification(notification):
         for change in notification.changes:
             dialog_id, sequence, conversation_id, server_ms, event_type, originator = (
-                frames.read_messaging_change(change))
+                read_messaging_change(change))
             if sequence is not None and dialog_id is not None:
                 key = dedupe_digest("messaging", dialog_id, sequence)
                 payload = _json_text(change)
@@ -207,8 +208,8 @@ class RecordingSink:
         for record in records:
             await self._writer.put(record)  # blocks while the queue is full: backpressure
         self.stats.events += len(records)
-        for conversation_id, dialog_ids in learned:
-            self._follower.follow(connection, conversation_id, dialog_ids)
+        for conversation_id, named_dialogs in learned:
+            self._follower.follow(connection, conversation_id, named_dialogs)
 
     async def on_malformed(
         self, connection: UmsConnection, error: MalformedFrame, received_at: float

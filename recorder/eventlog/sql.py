@@ -1,4 +1,9 @@
-"""Every SQL statement recorder runs on its hot paths, in one place."""
+"""SQL of the event log's tables (events, log_head, dialog_cursors, sessions, quarantine).
+
+The writer's statements, the one read-after-position query and the select list every reader of
+the log shares, and the read-only health queries `recorder status` runs over these tables: the
+statements live with the tables they touch, whoever calls them.
+"""
 
 from recorder.db import schema
 
@@ -61,20 +66,24 @@ SELECT dedupe_key, position FROM events
 WHERE dedupe_key = ANY($1::bytea[]) AND position > $2
 """
 
-QUARANTINE_COUNT = "SELECT count(*) FROM quarantine"
-
 # Reads see only rows at or below the head, in the same snapshot: a reader never sees n+1
 # before n, because the head only moves when the rows below it commit.
-EVENT_COLUMNS = ", ".join(
-    {
-        "received_at": "extract(epoch FROM received_at)::double precision AS received_at",
-        "recorded_at": "extract(epoch FROM recorded_at)::double precision AS recorded_at",
-        "server_ts": "extract(epoch FROM server_ts)::double precision AS server_ts",
-        "session_id": "session_id::text AS session_id",
-        "payload": "payload::text AS payload",
-    }.get(name, name)
-    for name in schema.EVENT_COLUMNS
-)
+#: How a column leaves the database for Python: uuid and jsonb as text (decoded once, by the
+#: reader that needs them), timestamps as epoch seconds where the reader wants floats.
+_AS_TEXT = {name: f"{name}::text AS {name}" for name in ("session_id", "payload")}
+_AS_EPOCH = {
+    name: f"extract(epoch FROM {name})::double precision AS {name}"
+    for name in ("received_at", "recorded_at", "server_ts")
+}
+
+
+def select_list(columns: tuple[str, ...], *, epoch_times: bool) -> str:
+    """The select list of log reads: `columns` with the casts every reader of the log shares."""
+    casts = {**_AS_TEXT, **_AS_EPOCH} if epoch_times else _AS_TEXT
+    return ", ".join(casts.get(name, name) for name in columns)
+
+
+EVENT_COLUMNS = select_list(schema.EVENT_COLUMNS, epoch_times=True)
 
 #: Every read of the log stays at or below the head, evaluated in the same statement.
 UP_TO_HEAD = f"position <= ({HEAD})"
@@ -132,7 +141,11 @@ SELECT dialog_id, conversation_id, consumer_id, last_sequence, updated_at
 FROM dialog_cursors
 """
 
-# recorder status: the latest session of each identity, with what its sessions stored.
+# -- health of the log, for `recorder status` (read only) ----------------------------------------
+
+QUARANTINE_COUNT = "SELECT count(*) FROM quarantine"
+
+# The latest session of each identity, with what its sessions stored.
 IDENTITY_STATUS = """
 WITH latest AS (
     SELECT DISTINCT ON (identity_name) identity_name, consumer_id, session_id, opened_at,

@@ -51,8 +51,7 @@ from recorder.projection.rows import (
     ConversationFacts,
     LogEvent,
     derive_transfers,
-    dialog_rows,
-    participant_rows,
+    membership_rows,
     state_columns,
 )
 
@@ -149,8 +148,9 @@ async def write_batch(
         rows.append(row)
         if won and facts.upsert is not None:
             winners.append(facts.conversation_id)
-            people += participant_rows(facts.conversation_id, facts.upsert.details)
-            dialogs += dialog_rows(facts.conversation_id, facts.upsert.details)
+            upsert_people, upsert_dialogs = membership_rows(facts.conversation_id, facts.upsert)
+            people += upsert_people
+            dialogs += upsert_dialogs
     if rows:
         await connection.execute(q.UPSERT_CONVERSATIONS, *_columns(rows, 25))
     if winners:
@@ -159,7 +159,7 @@ async def write_batch(
             await connection.execute(q.INSERT_PARTICIPANTS, *_columns(people, 4))
         await connection.execute(q.DELETE_DIALOGS, winners)
         if dialogs:
-            unique = {row[0]: row for row in dialogs}  # one statement may not touch a row twice
+            unique = {row[0]: row for row in dialogs}  # two conversations may name one dialog
             await connection.execute(q.UPSERT_DIALOGS, *_columns(list(unique.values()), 11))
     messages, receipts = list(batch.messages.values()), list(batch.receipts.values())
     if bulk_schema is not None:

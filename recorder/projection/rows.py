@@ -17,7 +17,7 @@ from typing import Any, NamedTuple, Protocol
 
 import orjson
 
-from recorder.ums import frames
+from recorder.ums import payload
 
 # Beyond 9999-12-31 timestamptz overflows; such a value is garbage, projected as absent.
 MAX_MS = 253_402_300_799_999
@@ -66,7 +66,7 @@ def epoch_ms(value: Any) -> int | None:
 
 def _int(value: Any, limit: int = INT64) -> int | None:
     if type(value) is not int:  # the common case first: this runs for every event
-        value = frames.change_sequence({"sequence": value})  # integral float or digit string
+        value = payload.change_sequence({"sequence": value})  # integral float or digit string
     return value if value is not None and -limit <= value <= limit else None
 
 
@@ -86,6 +86,7 @@ class Upsert:
     position: int
     result: dict[str, Any]
     details: dict[str, Any]
+    people: tuple[payload.Participant, ...]  # conversation participants, read once
 
     @property
     def key(self) -> tuple[int, int]:
@@ -132,7 +133,7 @@ class ConversationFacts:
 
 def observation(upsert: Upsert) -> list[Any]:
     """[ts, position, skill, sorted assigned agents]: what transfers are derived from."""
-    agents = sorted({p.id for p in frames.participants(upsert.details) if p.role == ASSIGNED_AGENT})
+    agents = sorted({p.id for p in upsert.people if p.role == ASSIGNED_AGENT})
     return [upsert.version, upsert.position, _text(upsert.details.get("skillId")), agents]
 
 
@@ -184,36 +185,37 @@ def state_columns(upsert: Upsert) -> tuple[Any, ...]:
     )
 
 
-def participant_rows(conversation_id: str, details: dict[str, Any]) -> list[tuple[Any, ...]]:
-    """(conversation, participant, role, state); the state comes from the dialogs'
-    participantsDetails (ACTIVE / SUGGESTED), where one lists the same id and role."""
+def membership_rows(
+    conversation_id: str, upsert: Upsert
+) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+    """The participants and dialogs rows of a winning UPSERT, from one walk of its dialogs.
+
+    Participants: (conversation, participant, role, state); the state comes from the dialogs'
+    participantsDetails (ACTIVE / SUGGESTED), where one lists the same id and role.
+    Dialogs: one row per dialog id, the last listing winning.
+    """
     states: dict[tuple[str, str], str] = {}
-    for dialog in frames.dialogs(details):
+    dialogs: dict[str, tuple[Any, ...]] = {}
+    for dialog in payload.dialogs(upsert.details):
         for person in dialog.participants_details:
             if person.state is not None:
                 states.setdefault((person.id, person.role), person.state)
-    rows: dict[tuple[str, str], tuple[Any, ...]] = {}
-    for person in frames.participants(details):
-        key = (person.id, person.role)
-        rows.setdefault(key, (conversation_id, person.id, person.role, states.get(key)))
-    return list(rows.values())
-
-
-def dialog_rows(conversation_id: str, details: dict[str, Any]) -> list[tuple[Any, ...]]:
-    rows: dict[str, tuple[Any, ...]] = {}
-    for dialog in frames.dialogs(details):
         data = dialog.data
         people = [{"id": p.id, "role": p.role, "state": p.state}
                   for p in dialog.participants_details]
         version = dialog.meta_data_last_update_ts
-        rows[dialog.dialog_id] = (
+        dialogs[dialog.dialog_id] = (
             dialog.dialog_id, conversation_id, dialog.dialog_type, dialog.channel_type,
             dialog.state, epoch_ms(data.get("creationTs")), epoch_ms(data.get("endTs")),
             _text(data.get("closedBy")), _text(data.get("closedCause")),
             version if version is not None and abs(version) <= INT64 else None,
             _json(people),
         )
-    return list(rows.values())
+    participants: dict[tuple[str, str], tuple[Any, ...]] = {}
+    for person in upsert.people:
+        key = (person.id, person.role)
+        participants.setdefault(key, (conversation_id, person.id, person.role, states.get(key)))
+    return list(participants.values()), list(dialogs.values())
 
 
 class Batch:
@@ -260,7 +262,7 @@ class Batch:
 
     def _conversation_change(self, position: int, account_id: str, consumer_id: str,
                              conversation_id: str | None, change: dict[str, Any]) -> None:
-        kind, found_id, updated_ms, result, details = frames.read_conversation_change(change)
+        kind, found_id, updated_ms, result, details = payload.read_conversation_change(change)
         conversation_id = found_id or conversation_id
         if not conversation_id or result is None or kind not in ("UPSERT", "DELETE"):
             return  # nothing to key or apply; the event stays in the log
@@ -269,19 +271,20 @@ class Batch:
         if kind == "DELETE":
             facts.add_delete(version)
             return
-        facts.add_upsert(Upsert(version, position, result,
-                                details if isinstance(details, dict) else {}))
+        details = details if isinstance(details, dict) else {}
+        people = tuple(payload.participants(details))
+        facts.add_upsert(Upsert(version, position, result, details, people))
 
     def _messaging_change(self, position: int, account_id: str, consumer_id: str,
                           conversation_id: str | None, dialog_id: str | None,
                           change: dict[str, Any]) -> None:
         sequence = _int(change.get("sequence"))
-        dialog_id = dialog_id or frames.change_dialog_id(change)
+        dialog_id = dialog_id or payload.change_dialog_id(change)
         if sequence is None or not dialog_id:
             return  # typing indicators and the like: not messages
         conversation_id = conversation_id or _text(change.get("conversationId"))
-        server_ms = epoch_ms(frames.server_timestamp_ms(change))
-        event_type = frames.event_type(change)
+        server_ms = epoch_ms(payload.server_timestamp_ms(change))
+        event_type = payload.event_type(change)
         body = change.get("event")
         body = body if isinstance(body, dict) else {}
         if event_type == "AcceptStatusEvent":
@@ -302,22 +305,22 @@ class Batch:
         content_type = text = rich = hosted = None
         keep_raw = True  # the raw event is kept only where the columns do not capture it
         if event_type == "ContentEvent":
-            content_type = frames.content_type(body)
+            content_type = payload.content_type(body)
             message = body.get("message")
             if isinstance(message, str):
                 text, keep_raw = message, False
-            elif content_type == frames.HOSTED_FILE and isinstance(message, dict):
+            elif content_type == payload.HOSTED_FILE and isinstance(message, dict):
                 hosted, keep_raw = _json(message), False
             keep_raw = keep_raw or "quickReplies" in body
         elif event_type.rpartition(".")[2].startswith("RichContent"):
-            content = frames.rich_content(body)
-            content_type = frames.content_type(body) or RICH_CONTENT
+            content = payload.rich_content(body)
+            content_type = payload.content_type(body) or RICH_CONTENT
             if content is not None:
                 rich, keep_raw = _json(content), False
         metadata = change.get("metadata")
         audience = change.get("messageAudience")
         self.messages[key] = (
-            *key, conversation_id, frames.originator_id(change), frames.originator_role(change),
+            *key, conversation_id, payload.originator_id(change), payload.originator_role(change),
             event_type or None, content_type, text, rich, hosted,
             _json(metadata) if isinstance(metadata, list | dict) else None,
             audience if isinstance(audience, str) else None,
@@ -328,12 +331,12 @@ class Batch:
 
     def _receipts(self, position: int, change: dict[str, Any], body: dict[str, Any],
                   dialog_id: str, server_ms: int | None) -> bool:
-        participant = frames.originator_id(change)
+        participant = payload.originator_id(change)
         status = _text(body.get("status"))
         if participant is None or status is None:
             return False
         projected = False
-        for item in frames.as_list(body.get("sequenceList")):
+        for item in payload.as_list(body.get("sequenceList")):
             sequence = _int(item)
             if sequence is None:
                 continue

@@ -74,7 +74,7 @@ class Subscriber:
     def follow(
         self, connection: UmsConnection, conversation_id: str, dialog_ids: Sequence[str]
     ) -> None:
-        """An UPSERT of `conversation_id` named these dialogs (`frames.dialog_ids`): subscribe
+        """An UPSERT of `conversation_id` named these dialogs (`payload.dialog_ids`): subscribe
         the new ones on this session. The MAIN dialog's id is the conversation id, followed
         even when the UPSERT does not list it."""
         if conversation_id not in dialog_ids:

@@ -100,12 +100,21 @@ async def test_a_frame_differing_in_bytes_session_or_arrival_is_another_row(
     assert await db.fetchval("SELECT count(*) FROM quarantine") == 2
 
 
-async def test_the_minimal_row_stores_what_the_full_row_cannot(db: asyncpg.Connection) -> None:
-    # Lone surrogates cannot be encoded for a text column: the full row fails.
+async def test_lone_surrogates_are_kept_as_visible_escapes(db: asyncpg.Connection) -> None:
+    # Lone surrogates cannot be encoded for a text column; the full row escapes them instead
+    # of falling back to the minimal row and losing the account and the reason.
     frame = QuarantinedFrame(time.time(), b"\xed\xa0\x80", "reason \udc80", "not-a-uuid",
-                             account_id="acc \ud800")
-    with pytest.raises(asyncpg.DataError):
-        await insert(db, quarantine_row(frame))
+                             account_id="acc \ud800", consumer_id="naïve \udfff")
+    await insert(db, quarantine_row(frame))
+    [row] = await db.fetch(ROW)
+    assert bytes(row["raw"]) == frame.raw
+    assert row["error"] == "reason \\udc80" and row["account_id"] == "acc \\ud800"
+    assert row["consumer_id"] == "naïve \\udfff", "other non-ASCII text stays as it was"
+
+
+async def test_the_minimal_row_keeps_the_raw_bytes_and_the_key(db: asyncpg.Connection) -> None:
+    frame = QuarantinedFrame(time.time(), b"\xed\xa0\x80", "reason", "not-a-uuid",
+                             account_id="acc")
     await insert(db, minimal_quarantine_row(frame))
     [row] = await db.fetch(ROW)
     assert bytes(row["raw"]) == frame.raw and row["error"] == "unstorable frame"

@@ -21,7 +21,7 @@ from recorder.eventlog.recording import (
 )
 from recorder.eventlog.writer import EventWriter
 from recorder.status import read_status
-from recorder.ums import frames
+from recorder.ums import frames, payload
 from recorder.ums.frames import Notification
 from tests.eventlog.test_writer import POISON_TRIGGER, running
 from tests.helpers import wait_until
@@ -93,11 +93,11 @@ def test_upserts_name_their_dialogs_in_the_same_pass() -> None:
     for name in NOTIFICATION_EXAMPLES:
         notification = example(name)
         expected = [
-            (frames.change_conversation_id(c),
-             [d.dialog_id for d in frames.dialogs(c["result"].get("conversationDetails"))])
+            (payload.change_conversation_id(c),
+             [d.dialog_id for d in payload.dialogs(c["result"].get("conversationDetails"))])
             for c in notification.changes
             if frames.is_conversation_notification(notification) and c.get("type") == "UPSERT"
-            and frames.change_conversation_id(c)
+            and payload.change_conversation_id(c)
         ]
         assert recorded(notification).dialogs == expected, name
 

@@ -16,7 +16,7 @@ from typing import Any
 import aiohttp
 
 from recorder.simulator import Simulator
-from recorder.ums import frames
+from recorder.ums import frames, payload
 from recorder.ums.client import ClientSettings, ConsumerClient, SessionLedger
 from recorder.ums.connection import UmsConnection
 from recorder.ums.frames import MalformedFrame, Notification
@@ -75,13 +75,13 @@ class MemorySink:
         if frames.is_conversation_notification(notification):
             for change in notification.changes:
                 self.conversation_changes.append(change)
-                kind, conversation_id, _, _, details = frames.read_conversation_change(change)
+                kind, conversation_id, _, _, details = payload.read_conversation_change(change)
                 if kind == "UPSERT" and conversation_id and self.follower is not None:
-                    self.follower.follow(connection, conversation_id, frames.dialog_ids(details))
+                    self.follower.follow(connection, conversation_id, payload.dialog_ids(details))
             return
         for change in notification.changes:
-            sequence = frames.change_sequence(change)
-            dialog_id = frames.change_dialog_id(change)
+            sequence = payload.change_sequence(change)
+            dialog_id = payload.change_dialog_id(change)
             if sequence is None or dialog_id is None:
                 self.chat_states.append(change)
             elif (dialog_id, sequence) in self.events:
