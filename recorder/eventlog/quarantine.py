@@ -1,9 +1,9 @@
 """Quarantine rows: input that could not be stored as an event, kept whole with the reason.
 
 A quarantine insert must not fail in turn, or the writer would stop on the very row it is
-trying to set aside. So every field is made storable here: text without NUL characters, a
-lone surrogates escaped, a session id only when it is a UUID. Each row has a key, so retrying after a lost commit
-acknowledgement does not store it twice.
+trying to set aside. So every field is made storable here: text without NUL characters or
+lone surrogates (both become visible escapes), a session id only when it is a UUID. Each row
+has a key, so retrying after a lost commit acknowledgement does not store it twice.
 """
 
 from __future__ import annotations

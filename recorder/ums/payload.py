@@ -243,7 +243,16 @@ def id_text(value: Any) -> str | None:
     """Ids compare as strings; a number stands for its decimal text (§3.1)."""
     if isinstance(value, str):
         return value
-    return str(value) if isinstance(value, int) and not isinstance(value, bool) else None
+    if not isinstance(value, int) or isinstance(value, bool):
+        return None
+    try:
+        return str(value)
+    except ValueError:  # past Python's int-to-text digit limit: no usable id
+        return None
+
+
+#: Longer digit strings are no number a payload means (and past 4,300 digits int() refuses).
+MAX_DIGITS = 100
 
 
 def as_int(value: Any) -> int | None:
@@ -255,7 +264,8 @@ def as_int(value: Any) -> int | None:
     if isinstance(value, str):
         text = value.strip()
         digits = text[1:] if text.startswith(("+", "-")) else text
-        return int(text) if digits.isascii() and digits.isdigit() else None
+        usable = digits.isascii() and digits.isdigit() and len(digits) <= MAX_DIGITS
+        return int(text) if usable else None
     return None
 
 
