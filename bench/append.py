@@ -41,7 +41,8 @@ from recorder.db.target import DatabaseTarget, to_asyncpg_dsn
 from recorder.eventlog.records import EventRecord, dedupe_digest
 from recorder.eventlog.writer import AppendResult, EventWriter
 
-BUDGET = {"events_per_s_min": 20_000, "ratio_min": 0.4}
+#: ratio = the writer's events/s over the raw COPY's, both measured in the same run (issue 14).
+BUDGET = {"events_per_s_min": 20_000, "ratio_min": 0.8}
 
 ACCOUNT_ID = "12345678"
 MESSAGING_TYPE = "ms.MessagingEventNotification"
@@ -608,10 +609,12 @@ async def bench(args: argparse.Namespace) -> dict[str, object]:
         del rows
         copy_events_per_s = len(records) / copy_elapsed
         ratio = events_per_s / copy_events_per_s
-        say(f"  {copy_events_per_s:,.0f} events/s ({copy_elapsed:.2f}s); "
-            f"writer/COPY ratio {ratio:.2f}")
+        say(f"  {copy_events_per_s:,.0f} events/s ({copy_elapsed:.2f}s)")
 
     within = events_per_s >= BUDGET["events_per_s_min"] and ratio >= BUDGET["ratio_min"]
+    say(f"ratio {ratio:.3f} = writer {events_per_s:,.0f} events/s / raw COPY "
+        f"{copy_events_per_s:,.0f} events/s, same run (budget: ratio >= {BUDGET['ratio_min']}, "
+        f"writer >= {BUDGET['events_per_s_min']:,} events/s)")
     say(f"total {time.perf_counter() - started:.1f}s; within budget: {within}")
     return {
         "events_per_s": round(events_per_s, 1),

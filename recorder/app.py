@@ -1,11 +1,14 @@
-"""The composition root: builds the daemon's components and wires them together.
+"""The composition root: builds a process's components for its roles and wires them together.
 
-Start order: the service watchdog (READY=1 once the API is up), projector, writer, sessions
-ledger, one client per identity, the export scheduler (when `[[exports]]` are configured), the
-read API. Stop order is the reverse: the API stops answering, no new export starts (a running
-one may finish), sockets close, the ledger writes its counters, the writer flushes and commits
-what was queued, the projector catches up with it, and the watchdog, which pinged systemd
-throughout, stops last.
+Roles (design.md): `ingest` (sockets, recording sink, writer, sessions ledger), `project`
+(projector, export scheduler) and `serve` (the read API). `recorder run` runs each in its own
+process (recorder.role_processes); tests and `recorder demo` compose all three in one.
+
+Start order: the service watchdog (READY=1 once the roles here are up), commit wake-ups,
+projector, writer, sessions ledger, one client per identity, the export scheduler, the read
+API. Stop order is the reverse: the API stops answering, no new export starts (a running one
+may finish), sockets close, the ledger writes its counters, the writer flushes and commits what
+was queued, the projector catches up with it, and the watchdog stops last.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from typing import Any
 
 import aiohttp
@@ -26,6 +29,7 @@ from recorder.db import migrate
 from recorder.db.target import DatabaseTarget
 from recorder.eventlog.ledger import DatabaseSessionLedger
 from recorder.eventlog.recording import CursorStore, RecordingSink, load_cursors
+from recorder.eventlog.wakeups import CommitWakeups
 from recorder.eventlog.writer import EventWriter
 from recorder.exports.runner import Exporter
 from recorder.exports.scheduler import ExportScheduler
@@ -39,18 +43,22 @@ from recorder.ums.discovery import Discovery
 from recorder.ums.subscriptions import Subscriber
 from recorder.watchdog import ServiceWatchdog
 
+ROLES = ("ingest", "project", "serve")
+
 
 @dataclasses.dataclass
 class App:
-    writer: EventWriter
-    projector: Projector
-    ledger: DatabaseSessionLedger
-    cursors: CursorStore
-    clients: list[ConsumerClient]
-    sinks: list[RecordingSink]
+    roles: tuple[str, ...]
     supervisor: Supervisor
     metrics: Metrics
-    watchdog: ServiceWatchdog
+    wakeups: CommitWakeups
+    watchdog: ServiceWatchdog | None = None
+    writer: EventWriter | None = None
+    projector: Projector | None = None
+    ledger: DatabaseSessionLedger | None = None
+    cursors: CursorStore | None = None
+    clients: list[ConsumerClient] = dataclasses.field(default_factory=list)
+    sinks: list[RecordingSink] = dataclasses.field(default_factory=list)
     exports: ExportScheduler | None = None
 
     async def run(self, stop: asyncio.Event) -> int:
@@ -72,103 +80,146 @@ def serve_api(
     return serve
 
 
+def started(ready: asyncio.Event) -> Callable[[asyncio.Event], Coroutine[Any, Any, None]]:
+    """A component that says the roles of this process are up once every component started."""
+
+    async def mark(stop: asyncio.Event) -> None:
+        ready.set()
+        await stop.wait()
+
+    return mark
+
+
 @contextlib.asynccontextmanager
 async def build_app(
     settings: Settings,
     target: DatabaseTarget,
     *,
+    roles: Sequence[str] = ROLES,
     client_settings: ClientSettings | None = None,
     notifier: Notifier | None = None,
     writer_stuck_after_s: float = 90.0,
 ) -> AsyncIterator[App]:
-    account = require_recording_settings(settings)
+    unknown = sorted(set(roles) - set(ROLES))
+    if unknown or not roles:
+        raise ValueError(f"roles must be some of {ROLES}, got {list(roles)}")
+    ingest, project, serve = (role in roles for role in ROLES)
+    account = require_recording_settings(settings) if ingest else ""
     api_host, api_port = settings.api_host_port
     api_token = None if settings.api_token is None else settings.api_token.reveal()
-    check_listen_allowed(api_host, api_token)
+    if serve:
+        check_listen_allowed(api_host, api_token)
     await migrate.require_current_schema(target)
     # Shared by the sessions ledger and the read API; API requests queue here under load.
     pool = await asyncpg.create_pool(target.dsn, min_size=1, max_size=10)
     try:
         async with aiohttp.ClientSession() as http:
-            writer = EventWriter(
-                target,
-                queue_size=settings.queue_size,
-                batch_size=settings.writer_batch_size,
-                batch_wait_ms=settings.writer_batch_wait_ms,
-            )
-            # Small folds keep the shared event loop responsive: a 5,000-event fold stalls
-            # every socket for tens of milliseconds (bench/ingest.py profile).
-            projector = Projector(target, batch_size=1000)
-            ledger = DatabaseSessionLedger(pool, account)
-            cursors = await load_cursors(pool)
-            writer.add_listener(cursors.committed)
-            writer.add_listener(ledger.committed)
-            writer.add_listener(lambda _: projector.wake())
-
-            discovery = Discovery(settings.csds_url, account, http)
-            ums_url: Callable[[], Awaitable[str]] = discovery.ums_url
-            if settings.ums_url is not None:
-                fixed = settings.ums_url
-
-                async def configured_ums_url() -> str:
-                    return fixed
-
-                ums_url = configured_ums_url
-
             supervisor = Supervisor()
-            api_ready = asyncio.Event()
-            clients: list[ConsumerClient] = []
-
-            def identities() -> tuple[int, int]:
-                return sum(1 for c in clients if c.connected), len(clients)
-
-            watchdog = ServiceWatchdog(
-                notifier or Notifier({}), writer, projector, identities, ready=api_ready,
-                writer_stuck_after_s=writer_stuck_after_s,
+            metrics = Metrics()
+            ready = asyncio.Event()
+            wakeups = CommitWakeups(target, listen=settings.listen_notify and not ingest)
+            app = App(tuple(r for r in ROLES if r in roles), supervisor, metrics, wakeups)
+            if ingest:
+                _add_writer(app, settings, target, pool, account)
+            if project:
+                _add_projector(app, settings, target)
+            app.watchdog = ServiceWatchdog(
+                notifier or Notifier({}), app.writer, app.projector,
+                (lambda: (sum(1 for c in app.clients if c.connected), len(app.clients)))
+                if ingest else None,
+                ready=ready, writer_stuck_after_s=writer_stuck_after_s,
             )
             # First: stopped last, so systemd keeps hearing from us while the rest drains.
-            supervisor.add("watchdog", watchdog.run, drain_s=5)
-            supervisor.add("projector", projector.run, drain_s=30)
-            supervisor.add("writer", writer.run, drain_s=30)
-            supervisor.add("sessions-ledger", ledger.run, drain_s=5)
-            sinks: list[RecordingSink] = []
-            for identity in settings.identities():
-                subscriber = Subscriber(cursors, client_settings)
-                sink = RecordingSink(writer, account, follower=subscriber)
-                client = ConsumerClient(
-                    account=account,
-                    tokens=token_source(identity, account, http, discovery.idp_url),
-                    ums_url=ums_url,
-                    session=http,
-                    handler=sink,
-                    sessions=subscriber,
-                    ledger=ledger,
-                    settings=client_settings,
-                )
-                supervisor.add(f"identity {identity.name}", client.run, drain_s=10,
-                               group="identities")
-                clients.append(client)
-                sinks.append(sink)
-            metrics = Metrics()
-            exports: ExportScheduler | None = None
-            if settings.exports:
-                exports = ExportScheduler(
+            supervisor.add("watchdog", app.watchdog.run, drain_s=5)
+            if metrics.multiprocess:
+                supervisor.add("metrics", metrics.run, drain_s=5)
+            supervisor.add("commit-wakeups", wakeups.run, drain_s=5)
+            if app.projector is not None:
+                supervisor.add("projector", app.projector.run, drain_s=30)
+            if app.writer is not None and app.ledger is not None:
+                supervisor.add("writer", app.writer.run, drain_s=30)
+                supervisor.add("sessions-ledger", app.ledger.run, drain_s=5)
+                await _add_identities(app, settings, pool, http, account, client_settings)
+            if project and settings.exports:
+                app.exports = ExportScheduler(
                     Exporter(target, on_done=metrics.observe_export), settings.exports,
                     on_failure=metrics.export_failed,
                 )
                 metrics.watch_exports(job.name for job in settings.exports)
-                supervisor.add("exports", exports.run, drain_s=60)
-            api = create_app(pool, token=api_token, metrics_render=metrics.render)
-            runner = await listen(api, api_host, api_port)  # a bad address stops us here
+                supervisor.add("exports", app.exports.run, drain_s=60)
+            if app.writer is not None:
+                metrics.attach_writer(app.writer, app.clients)
+            if app.projector is not None:
+                metrics.attach_projector(app.projector)
+            if not serve:
+                supervisor.add("started", started(ready), drain_s=1)
+                yield app
+                return
+            api = create_app(pool, token=api_token, metrics_render=metrics.render,
+                             commits=wakeups)
+            # A bad address stops us here; workers of one port share it by SO_REUSEPORT.
+            runner = await listen(api, api_host, api_port, reuse_port=settings.api_workers > 1)
             try:
                 # Added last: stopped first, so the API answers until the sockets close.
-                supervisor.add("api", serve_api(runner, api_ready), drain_s=5)
-                app = App(writer, projector, ledger, cursors, clients, sinks, supervisor,
-                          metrics, watchdog, exports)
-                metrics.attach(writer, projector, clients)
+                supervisor.add("api", serve_api(runner, ready), drain_s=5)
                 yield app
             finally:
                 if runner.server is not None:  # the api component did not get to run
                     await runner.cleanup()
     finally:
         await pool.close()
+
+
+def _add_writer(app: App, settings: Settings, target: DatabaseTarget, pool: asyncpg.Pool,
+                account: str) -> None:
+    app.writer = EventWriter(
+        target,
+        queue_size=settings.queue_size,
+        batch_size=settings.writer_batch_size,
+        batch_wait_ms=settings.writer_batch_wait_ms,
+    )
+    app.ledger = DatabaseSessionLedger(pool, account)
+    app.writer.add_listener(app.ledger.committed)
+    app.writer.add_listener(app.wakeups.committed)  # readers in this process look at once
+
+
+def _add_projector(app: App, settings: Settings, target: DatabaseTarget) -> None:
+    # Small folds keep a shared event loop responsive: a 5,000-event fold stalls every socket
+    # in the same process for tens of milliseconds (bench/ingest.py profile).
+    app.projector = Projector(target, batch_size=1000 if app.writer is not None else 5000)
+    app.wakeups.subscribe(app.projector.wake)
+
+
+async def _add_identities(
+    app: App, settings: Settings, pool: asyncpg.Pool, http: aiohttp.ClientSession,
+    account: str, client_settings: ClientSettings | None,
+) -> None:
+    assert app.writer is not None and app.ledger is not None
+    app.cursors = await load_cursors(pool)
+    app.writer.add_listener(app.cursors.committed)
+    discovery = Discovery(settings.csds_url, account, http)
+    ums_url: Callable[[], Awaitable[str]] = discovery.ums_url
+    if settings.ums_url is not None:
+        fixed = settings.ums_url
+
+        async def configured_ums_url() -> str:
+            return fixed
+
+        ums_url = configured_ums_url
+    for identity in settings.identities():
+        subscriber = Subscriber(app.cursors, client_settings)
+        sink = RecordingSink(app.writer, account, follower=subscriber)
+        client = ConsumerClient(
+            account=account,
+            tokens=token_source(identity, account, http, discovery.idp_url),
+            ums_url=ums_url,
+            session=http,
+            handler=sink,
+            sessions=subscriber,
+            ledger=app.ledger,
+            settings=client_settings,
+        )
+        app.supervisor.add(f"identity {identity.name}", client.run, drain_s=10,
+                           group="identities")
+        app.clients.append(client)
+        app.sinks.append(sink)

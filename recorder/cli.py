@@ -45,7 +45,7 @@ async def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
 
 async def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
     async with open_database(settings) as target:
-        status = await read_status(target)
+        status = await read_status(target, settings.state_dir)
     if args.json:
         sys.stdout.write(orjson.dumps(status.as_dict(), option=orjson.OPT_INDENT_2).decode() + "\n")
     else:
@@ -56,7 +56,7 @@ async def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
 async def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
     from recorder.daemon import run_daemon  # late: the daemon pulls in every component
 
-    return await run_daemon(settings)
+    return await run_daemon(settings, args.role)
 
 
 async def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
@@ -136,6 +136,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     run_parser = commands.add_parser(
         "run", help="record: subscribe every identity, append to the log, project, until stopped"
+    )
+    run_parser.add_argument(
+        "--role", choices=("ingest", "project", "serve"),
+        help="run one role alone (unset: every role, each in its own process, under one "
+        "supervisor)",
     )
     run_parser.set_defaults(handler=cmd_run)
 

@@ -71,6 +71,8 @@ class Settings:
     queue_size: int = 10_000
     writer_batch_size: int = 1_000
     writer_batch_wait_ms: float = 2.0
+    api_workers: int = 1
+    listen_notify: bool = True
 
     @property
     def api_host_port(self) -> tuple[str, int]:
@@ -139,6 +141,18 @@ def _choice(*choices: str) -> Callable[[Any, str], str]:
         return text
 
     return parse
+
+
+def _switch(value: Any, name: str) -> bool:
+    """A boolean: TOML true/false, or the words an environment variable can carry."""
+    if isinstance(value, bool):
+        return value
+    text = _text(value, name).lower() if isinstance(value, str) else None
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(name, f"must be true or false, got {value!r}")
 
 
 def _log_level(value: Any, name: str) -> str:
@@ -241,6 +255,7 @@ class SettingSpec:
 QUEUE_SIZE_MAX = 1_000_000
 WRITER_BATCH_SIZE_MAX = 100_000
 WRITER_BATCH_WAIT_MS_MAX = 1_000
+API_WORKERS_MAX = 64
 
 SETTINGS: tuple[SettingSpec, ...] = (
     SettingSpec(
@@ -313,6 +328,17 @@ SETTINGS: tuple[SettingSpec, ...] = (
         _number(0, WRITER_BATCH_WAIT_MS_MAX),
         "how long the writer waits to fill a batch (a stop never waits it out)",
         f"0 to {WRITER_BATCH_WAIT_MS_MAX:,} (milliseconds, fractions allowed)", "`2`",
+    ),
+    SettingSpec(
+        "api_workers", "RECORDER_API_WORKERS", _whole_number(1, API_WORKERS_MAX),
+        "read API worker processes, all on the API port (`SO_REUSEPORT`)",
+        f"1 to {API_WORKERS_MAX}", "`1`",
+    ),
+    SettingSpec(
+        "listen_notify", "RECORDER_LISTEN_NOTIFY", _switch,
+        "wake the projector and the change feed by `LISTEN/NOTIFY`; `false` behind a "
+        "transaction-pooling PgBouncer (they poll instead)",
+        "`true` or `false`", "`true`",
     ),
 )
 

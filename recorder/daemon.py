@@ -12,14 +12,21 @@ import asyncio
 import contextlib
 import gc
 import logging
+import os
+import shutil
 import signal
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 
-from recorder.app import build_app
+from recorder.api import check_listen_allowed, probe_listen
+from recorder.app import ROLES, build_app
 from recorder.config import Settings
+from recorder.db import migrate
 from recorder.db.target import open_database
-from recorder.logs import event
+from recorder.identities import require_recording_settings
+from recorder.logs import ROLE_PROCESS_ENV, event
+from recorder.metrics import RoleMetrics, use_multiprocess_dir
 from recorder.notify import Notifier
+from recorder.role_processes import RoleSupervisor, plan
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +80,21 @@ def tune_garbage_collector() -> None:
     gc.set_threshold(50_000, 20, 100)
 
 
-async def run_daemon(settings: Settings) -> int:
+def runs_in_process(settings: Settings, role: str | None) -> bool:
+    """One role in this process (a supervised child, `--role ingest|project`, one serve
+    worker), or a supervisor over role processes (`recorder run`, several serve workers)."""
+    if os.environ.get(ROLE_PROCESS_ENV):
+        return True
+    return role in ("ingest", "project") or (role == "serve" and settings.api_workers == 1)
+
+
+async def run_daemon(settings: Settings, role: str | None = None) -> int:
+    if runs_in_process(settings, role):
+        return await run_in_process(settings, ROLES if role is None else (role,))
+    return await run_role_processes(settings, ROLES if role is None else (role,))
+
+
+async def run_in_process(settings: Settings, roles: Sequence[str]) -> int:
     # First: it takes NOTIFY_SOCKET out of the environment before any child process starts.
     notifier = Notifier()
     stop = asyncio.Event()
@@ -82,15 +103,73 @@ async def run_daemon(settings: Settings) -> int:
         with stop_on_signals(stop, on_stop=notifier.stopping,
                              on_hurry=lambda: [h() for h in hurry]):
             async with open_database(settings) as target, \
-                    build_app(settings, target, notifier=notifier) as app:
+                    build_app(settings, target, roles=roles, notifier=notifier) as app:
                 hurry.append(app.supervisor.hurry)
-                log.info("recording %d identities into %s", len(app.clients),
+                log.info("%s: %d identities, database %s", "+".join(app.roles), len(app.clients),
                          target.describe(), extra=event("service.started"))
                 tune_garbage_collector()
                 code = await app.run(stop)
                 notifier.stopping()
-        log.info("stopped; head %d, projection at %d", app.writer.head, app.projector.position,
+        stopped = [f"head {app.writer.head}" if app.writer else "",
+                   f"projection at {app.projector.position}" if app.projector else ""]
+        log.info("stopped; %s", ", ".join(p for p in stopped if p) or "API closed",
                  extra=event("service.stopped"))
         return code
     finally:
         notifier.close()
+
+
+async def run_role_processes(settings: Settings, roles: Sequence[str]) -> int:
+    """The supervisor: check what a child could only fail on, then run the role processes."""
+    notifier = Notifier()
+    stop = asyncio.Event()
+    if "ingest" in roles:
+        require_recording_settings(settings)
+    if "serve" in roles:
+        host, port = settings.api_host_port
+        check_listen_allowed(host, None if settings.api_token is None
+                             else settings.api_token.reveal())
+        probe_listen(host, port, reuse_port=settings.api_workers > 1)
+    supervisor: RoleSupervisor | None = None
+
+    def hurry() -> None:
+        if supervisor is not None:
+            supervisor.hurry()
+
+    try:
+        with stop_on_signals(stop, on_stop=notifier.stopping, on_hurry=hurry):
+            async with open_database(settings) as target:
+                await migrate.require_current_schema(target)
+                metrics_dir = settings.state_dir / "metrics"
+                shutil.rmtree(metrics_dir, ignore_errors=True)  # counters start at 0 per run
+                metrics_dir.mkdir(parents=True)
+                use_multiprocess_dir(str(metrics_dir))
+                processes = plan(roles, settings.api_workers)
+                supervisor = RoleSupervisor(
+                    processes, environ=child_environment(settings, target.dsn),
+                    notifier=notifier, state_dir=settings.state_dir, metrics=RoleMetrics(),
+                )
+                log.info("starting roles %s as processes; database %s",
+                         ", ".join(p.name for p in processes), target.describe(),
+                         extra=event("service.started"))
+                code = await supervisor.run(stop)
+        log.info("stopped: %s", supervisor.summary(), extra=event("service.stopped"))
+        return code
+    finally:
+        notifier.close()
+
+
+def child_environment(settings: Settings, dsn: str) -> dict[str, str]:
+    """What every role process is told: this environment, with the settings that came from
+    flags (not inherited by a child) and the database the supervisor opened."""
+    environ = dict(os.environ)
+    environ.update({
+        "RECORDER_DATABASE_URL": dsn,
+        "RECORDER_STATE_DIR": str(settings.state_dir),
+        "RECORDER_LOG_FORMAT": settings.log_format,
+        "RECORDER_LOG_LEVEL": settings.log_level.lower(),
+    })
+    environ.pop("RECORDER_DATABASE_URL_FILE", None)
+    if settings.config_file is not None:
+        environ["RECORDER_CONFIG"] = str(settings.config_file)
+    return environ

@@ -121,7 +121,8 @@ async def run_demo(settings: Settings, args: argparse.Namespace) -> int:
                     asyncio.get_running_loop().call_later(args.duration, stop.set)
                 code = await app.run(stop)
                 await reporter
-    print(f"demo stopped: {app.writer.head} events recorded", file=sys.stderr)
+    head = app.writer.head if app.writer is not None else 0
+    print(f"demo stopped: {head} events recorded", file=sys.stderr)
     return code
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import os
 import re
 import sys
 import threading
@@ -206,9 +207,19 @@ class RedactionFilter(logging.Filter):
 _JOURNAL_PRIORITY = {"DEBUG": 7, "INFO": 6, "WARNING": 4, "ERROR": 3, "CRITICAL": 2}
 
 
+#: Set by the role supervisor in each role's process: its lines say which process wrote them.
+ROLE_PROCESS_ENV = "RECORDER_ROLE_PROCESS"
+
+
+def _process_tag() -> str:
+    name = os.environ.get(ROLE_PROCESS_ENV)
+    return f"[{name}] " if name else ""
+
+
 class TextFormatter(logging.Formatter):
     def __init__(self) -> None:
-        super().__init__("%(asctime)s %(levelname)-7s %(event)s %(name)s: %(message)s")
+        super().__init__(
+            f"%(asctime)s %(levelname)-7s %(event)s {_process_tag()}%(name)s: %(message)s")
 
     def format(self, record: logging.LogRecord) -> str:
         _event_of(record)
@@ -225,6 +236,8 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
+        if process := os.environ.get(ROLE_PROCESS_ENV):
+            entry["process"] = process
         if record.exc_info and not record.exc_text:
             record.exc_text = self.formatException(record.exc_info)
         if record.exc_text:
@@ -239,7 +252,7 @@ class JournalFormatter(logging.Formatter):
     record's priority, since journald reads each line as an entry of its own."""
 
     def __init__(self) -> None:
-        super().__init__("%(event)s %(name)s: %(message)s")
+        super().__init__(f"%(event)s {_process_tag()}%(name)s: %(message)s")
 
     def format(self, record: logging.LogRecord) -> str:
         _event_of(record)

@@ -2,6 +2,11 @@
 
 - One `CollectorRegistry` per `Metrics`, not the global one: tests and several apps in one
   process do not collide.
+- Roles in their own processes (recorder.role_processes): prometheus_client's multiprocess
+  mode, with `PROMETHEUS_MULTIPROC_DIR` set by the supervisor for every role. Counters and
+  histograms add up across processes; gauges say how (`max`, or `livemax` for values only a
+  live process can vouch for). The role that owns a live object samples it every second
+  (`run`); `/metrics` in any serve worker renders the sum of all of them.
 - Counters of what the writer committed are fed by its commit listener (`observe_commit`).
 - Everything read from live objects (log head, projection lag, connection state, session
   closes, 429 answers) is sampled by `refresh()` at render time, so nothing polls in between.
@@ -12,6 +17,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import os
 import time
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
@@ -23,6 +31,8 @@ from prometheus_client import (
     Gauge,
     Histogram,
     generate_latest,
+    multiprocess,
+    values,
 )
 
 from recorder.eventlog.appender import AppendResult
@@ -33,7 +43,25 @@ if TYPE_CHECKING:
     from recorder.projection.projector import Projector
     from recorder.ums.client import ConsumerClient
 
-__all__ = ["Metrics"]
+__all__ = ["Metrics", "RoleMetrics", "use_multiprocess_dir"]
+
+MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"
+#: How often a role process samples its live objects into the shared files.
+SAMPLE_EVERY_S = 1.0
+
+
+def use_multiprocess_dir(directory: str) -> None:
+    """Make metrics created from now on in this process shared through `directory`.
+
+    prometheus_client picks its value class when it is imported; the supervisor decides on the
+    directory later, so it is picked again here. Child processes inherit the variable.
+    """
+    os.environ[MULTIPROCESS_ENV] = directory
+    values.ValueClass = values.get_value_class()  # type: ignore[no-untyped-call]
+
+
+def multiprocess_dir() -> str | None:
+    return os.environ.get(MULTIPROCESS_ENV) or None
 
 #: Events per committed batch (the writer's default batch size is 1,000).
 BATCH_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10_000)
@@ -83,25 +111,29 @@ class Metrics:
             buckets=LATENCY_BUCKETS, registry=r,
         )
         self.log_head = Gauge(
-            "recorder_log_head", "Position of the newest committed event.", registry=r
+            "recorder_log_head", "Position of the newest committed event.", registry=r,
+            multiprocess_mode="max",
         )
         self.projection_lag_events = Gauge(
             "recorder_projection_lag_events",
             "Events committed to the log but not yet in the projection tables.", registry=r,
+            multiprocess_mode="livemax",
         )
         self.projection_lag_seconds = Gauge(
             "recorder_projection_lag_seconds",
             "For the last batch the projector applied: how long after its newest event was "
             "recorded it was applied (0 before the first batch).", registry=r,
+            multiprocess_mode="livemax",
         )
         self.identity_connected = Gauge(
             "recorder_identity_connected",
             "1 while the identity has an open websocket session, else 0.",
-            ["identity"], registry=r,
+            ["identity"], registry=r, multiprocess_mode="livemax",
         )
         self.last_export = Gauge(
             "recorder_last_export_timestamp_seconds",
             "Unix time of the last successful export (0: none yet).", registry=r,
+            multiprocess_mode="max",
         )
         self.export_rows = Counter(
             "recorder_export_rows",
@@ -125,15 +157,28 @@ class Metrics:
 
     # -- wiring --------------------------------------------------------------------------------
 
+    @property
+    def multiprocess(self) -> bool:
+        """True when the roles run in processes of their own and share metric files."""
+        return multiprocess_dir() is not None
+
     def attach(
         self, writer: EventWriter, projector: Projector, clients: Iterable[ConsumerClient]
     ) -> None:
-        """Listen to the writer's commits; sample the projector and the clients at render."""
+        """All roles in one process: the writer's commits, the projector and the clients."""
+        self.attach_writer(writer, clients)
+        self.attach_projector(projector)
+
+    def attach_writer(self, writer: EventWriter, clients: Iterable[ConsumerClient]) -> None:
+        """The ingest role: listen to the writer's commits, sample the clients."""
         writer.add_listener(self.observe_commit)
         self._writer = writer
-        self._projector = projector
         for client in clients:
             self.watch_client(client)
+
+    def attach_projector(self, projector: Projector) -> None:
+        """The project role: sample the projector's position and lag."""
+        self._projector = projector
 
     def watch_client(self, client: ConsumerClient) -> None:
         """Sample this client's connection state, closes and 429 answers at render time."""
@@ -187,8 +232,15 @@ class Metrics:
         if self._projector is not None:
             projector = self._projector
             head = max(projector.head, self._writer.head if self._writer is not None else 0)
+            if not projector.is_leader:  # a passive projector vouches for nothing
+                self.projection_lag_events.set(0)
+                self.projection_lag_seconds.set(0.0)
+                return self._refresh_clients()
             self.projection_lag_events.set(max(0, head - projector.position))
             self.projection_lag_seconds.set(projector.lag_s or 0.0)
+        self._refresh_clients()
+
+    def _refresh_clients(self) -> None:
         for index, client in enumerate(self._clients):
             self.identity_connected.labels(identity=client.name).set(1 if client.connected else 0)
             closes = client.closes
@@ -201,12 +253,51 @@ class Metrics:
                 self.rate_limited.inc(new_429s)
             self._rate_limited_counted[index] = client.rate_limited
 
+    async def run(self, stop: asyncio.Event) -> None:
+        """Roles in processes: sample this process's live objects into the shared files."""
+        while not stop.is_set():
+            self.refresh()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), SAMPLE_EVERY_S)
+        self.refresh()
+
     def render(self) -> tuple[bytes, str]:
         """The exposition body and its content type, for `GET /metrics`."""
         self.refresh()
-        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+        directory = multiprocess_dir()
+        if directory is None:
+            return generate_latest(self.registry), CONTENT_TYPE_LATEST
+        shared = CollectorRegistry()
+        multiprocess.MultiProcessCollector(shared, path=directory)  # type: ignore[no-untyped-call]
+        return generate_latest(shared), CONTENT_TYPE_LATEST
 
 
 def _kind(kind: str) -> str:
     """The event kind as a label: one of KINDS, whatever the record says."""
     return kind if kind in KINDS else "other"
+
+
+class RoleMetrics:
+    """The supervisor's own metrics: which role processes are up, and how often each restarted."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.up = Gauge(
+            "recorder_role_up", "1 while the role's process runs and is ready, else 0.",
+            ["role"], registry=self.registry, multiprocess_mode="livemax",
+        )
+        self.restarts = Counter(
+            "recorder_role_restarts",
+            "Times the supervisor restarted a role's process after it ended unasked.",
+            ["role"], registry=self.registry,
+        )
+
+    def watch(self, role: str) -> None:
+        self.up.labels(role=role).set(0)
+        self.restarts.labels(role=role)
+
+
+def process_ended(pid: int) -> None:
+    """Drop a dead process's live gauges (its counters and histograms still count)."""
+    if multiprocess_dir() is not None:
+        multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -13,6 +14,7 @@ from recorder.db.target import DatabaseTarget, connect
 from recorder.eventlog import sql
 from recorder.exports import sql as export_sql
 from recorder.projection import sql as projection_sql
+from recorder.role_processes import read_roles_file
 
 #: A session silent for longer than this is not called connected (the daemon may be gone).
 STALE_AFTER_S = 90.0
@@ -70,6 +72,8 @@ class Status:
     identities: list[IdentityStatus] = dataclasses.field(default_factory=list)
     holes: list[SequenceHole] = dataclasses.field(default_factory=list)
     exports: list[ExportStatus] = dataclasses.field(default_factory=list)
+    #: the role supervisor's last word (recorder.role_processes), when one runs here
+    roles: dict[str, Any] | None = None
 
     @property
     def schema_current(self) -> bool:
@@ -111,6 +115,14 @@ class Status:
                 f"(session {h.session_id}, identity {h.identity})"
                 for h in self.holes
             ]
+        if self.roles is not None:
+            lines.append(f"roles (supervisor pid {self.roles.get('supervisor_pid')}):")
+            for role in self.roles.get("roles", []):
+                state = ("ready" if role.get("ready") else "starting") if role.get("running") \
+                    else f"down ({role.get('last_exit') or 'not started'})"
+                lines.append(
+                    f"  {role.get('name')}: {state}, pid {role.get('pid')}, "
+                    f"{role.get('restarts', 0)} restarts; {role.get('status') or '-'}")
         for export in self.exports:
             rows = "-" if export.rows is None else export.rows
             checkpoint = "none" if export.checkpoint is None else export.checkpoint
@@ -154,7 +166,7 @@ def _identity(row: Any) -> IdentityStatus:
     )
 
 
-async def read_status(target: DatabaseTarget) -> Status:
+async def read_status(target: DatabaseTarget, state_dir: Path | None = None) -> Status:
     revision = await migrate.current_revision(target)
     connection = await connect(target)
     identities: list[IdentityStatus] = []
@@ -193,4 +205,5 @@ async def read_status(target: DatabaseTarget) -> Status:
         identities=identities,
         holes=holes,
         exports=exports,
+        roles=read_roles_file(state_dir) if state_dir is not None else None,
     )

@@ -32,14 +32,17 @@ class _Writer(Protocol):
 class _Projector(Protocol):
     position: int
 
+    @property
+    def lag_events(self) -> int: ...
+
 
 class ServiceWatchdog:
     def __init__(
         self,
         notifier: Notifier,
-        writer: _Writer,
-        projector: _Projector,
-        identities: Callable[[], tuple[int, int]],
+        writer: _Writer | None,
+        projector: _Projector | None,
+        identities: Callable[[], tuple[int, int]] | None,
         *,
         ready: asyncio.Event,
         writer_stuck_after_s: float = 90.0,
@@ -49,7 +52,7 @@ class ServiceWatchdog:
         self._notifier = notifier
         self._writer = writer
         self._projector = projector
-        self._identities = identities  # () -> (connected, configured)
+        self._identities = identities  # () -> (connected, configured); None: no sockets here
         self._ready = ready
         self.writer_stuck_after_s = writer_stuck_after_s
         self._status_every = status_every_s
@@ -60,22 +63,30 @@ class ServiceWatchdog:
 
     def problem(self) -> str | None:
         """Why the service is unhealthy, or None."""
-        stalled = self._writer.stalled_s()
+        stalled = 0.0 if self._writer is None else self._writer.stalled_s()
         if stalled > self.writer_stuck_after_s:
             return f"the writer has been inside one commit for {stalled:.0f}s"
         return None
 
     def summary(self) -> str:
-        now = self._clock()
-        head = self._writer.head
-        rate = 0.0
-        if self._last_head is not None and now > self._last_head[0]:
-            rate = (head - self._last_head[1]) / (now - self._last_head[0])
-        self._last_head = (now, head)
-        connected, configured = self._identities()
-        lag = max(0, head - self._projector.position)
-        return (f"recording: {connected}/{configured} identities connected, "
-                f"{rate:,.0f} events/s, head {head}, projection lag {lag} events")
+        """One line for `systemctl status`, naming what this process runs."""
+        parts: list[str] = []
+        if self._identities is not None:
+            connected, configured = self._identities()
+            parts.append(f"{connected}/{configured} identities connected")
+        if self._writer is not None:
+            now = self._clock()
+            head = self._writer.head
+            rate = 0.0
+            if self._last_head is not None and now > self._last_head[0]:
+                rate = (head - self._last_head[1]) / (now - self._last_head[0])
+            self._last_head = (now, head)
+            parts.append(f"{rate:,.0f} events/s, head {head}")
+        if self._projector is not None:
+            lag = (max(0, self._writer.head - self._projector.position)
+                   if self._writer is not None else self._projector.lag_events)
+            parts.append(f"projection lag {lag} events")
+        return "recording: " + ", ".join(parts) if parts else "serving the read API"
 
     async def run(self, stop: asyncio.Event) -> None:
         waiter = asyncio.create_task(self._ready.wait())

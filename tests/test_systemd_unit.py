@@ -181,6 +181,10 @@ def test_the_stop_timeout_covers_every_drain_budget(unit: list[Directive]) -> No
     if len(budgets) < 3:
         pytest.skip("recorder/app.py no longer spells its drain budgets as drain_s=N")
     assert seconds(one(unit, "Service", "TimeoutStopSec")) >= sum(budgets)
+    # roles in processes: the supervisor's budgets, one role after the other
+    from recorder.role_processes import DRAIN_BUDGET_S
+
+    assert seconds(one(unit, "Service", "TimeoutStopSec")) >= sum(DRAIN_BUDGET_S.values())
     # SIGTERM to recorder only: it drains into the embedded PostgreSQL, then stops it
     assert one(unit, "Service", "KillMode") == "mixed"
 
@@ -316,3 +320,31 @@ def test_every_variable_the_unit_sets_is_a_real_setting(
     recorder_names = {name for name in names if name.startswith("RECORDER_")}
     assert recorder_names
     assert recorder_names <= KNOWN_VARIABLES, recorder_names - KNOWN_VARIABLES
+
+
+# -- one role per unit ---------------------------------------------------------------------------
+
+ROLE_UNIT = UNIT.parent / "recorder-role@.service"
+
+
+@pytest.mark.parametrize("role", ["ingest", "project", "serve"])
+def test_systemd_analyze_verify_accepts_the_role_template(tmp_path: Path, role: str) -> None:
+    tool = systemd_analyze()
+    text = ROLE_UNIT.read_text().replace(INSTALLED_RECORDER, installed_recorder())
+    copy = tmp_path / f"recorder-role@{role}.service"
+    copy.write_text(text)
+    result = subprocess.run([tool, "verify", str(copy)], capture_output=True, text=True,
+                            timeout=60)
+    complaints = [line for line in (result.stdout + result.stderr).splitlines()
+                  if "recorder-role" in line]
+    assert result.returncode == 0 and not complaints, result.stdout + result.stderr
+
+
+def test_the_role_template_runs_one_role_as_a_notify_service() -> None:
+    role_unit = parse_unit(ROLE_UNIT.read_text())
+    assert one(role_unit, "Service", "ExecStart").endswith("recorder run --role %i")
+    assert one(role_unit, "Service", "Type") == "notify"
+    assert one(role_unit, "Service", "RestartPreventExitStatus") == "2"
+    from recorder.role_processes import DRAIN_BUDGET_S
+
+    assert seconds(one(role_unit, "Service", "TimeoutStopSec")) >= max(DRAIN_BUDGET_S.values())

@@ -22,6 +22,7 @@ from recorder.api.auth import auth_middleware
 from recorder.api.database_faults import GuardedPool, database_fault_middleware
 from recorder.api.openapi import OPERATIONS, document
 from recorder.api.problems import error_middleware
+from recorder.api.stream import CommitWaiter
 from recorder.db import migrate
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -46,6 +47,7 @@ def create_app(
     token: str | None,
     metrics_render: Callable[[], tuple[bytes, str]] | None = None,
     readiness: Callable[[], Awaitable[dict[str, Any]]] | None = None,
+    commits: CommitWaiter | None = None,
     stream_poll_s: float = 0.5,
     stream_heartbeat_s: float = 15.0,
 ) -> web.Application:
@@ -59,6 +61,7 @@ def create_app(
     app[routes.OPENAPI_DOC] = orjson.dumps(document())
     app[stream.STOPPING] = asyncio.Event()
     app[stream.POLL_S] = stream_poll_s
+    app[stream.COMMITS] = commits
     app[stream.HEARTBEAT_S] = stream_heartbeat_s
 
     async def stop_streams(app: web.Application) -> None:

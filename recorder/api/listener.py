@@ -132,22 +132,42 @@ def make_runner(
     return _ApiRunner(app, junk_log=junk_log, **kwargs)
 
 
-async def listen(app: web.Application, host: str, port: int) -> web.AppRunner:
+async def listen(
+    app: web.Application, host: str, port: int, *, reuse_port: bool = False
+) -> web.AppRunner:
     """Serve `app` on host:port now, or raise a ConfigError naming RECORDER_API_LISTEN.
 
     Bound before anything else starts, so that an address nobody can listen on stops the
-    process at once with exit 2, which systemd does not retry.
+    process at once with exit 2, which systemd does not retry. `reuse_port`: several worker
+    processes listen on the one port (SO_REUSEPORT) and the kernel spreads connections.
     """
     runner = make_runner(app)
     await runner.setup()
     try:
-        await web.TCPSite(runner, host, port).start()
+        await web.TCPSite(runner, host, port, reuse_port=reuse_port or None).start()
     except OSError as exc:
         await runner.cleanup()
         raise ConfigError(
             "RECORDER_API_LISTEN", f"cannot listen on {host}:{port}: {_why(exc, port)}"
         ) from exc
     return runner
+
+
+def probe_listen(host: str, port: int, *, reuse_port: bool = False) -> None:
+    """Bind (without listening) every address of host:port, or raise the ConfigError `listen`
+    would: the supervisor checks the address before it starts the serve workers."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        for family, kind, protocol, _, address in infos:
+            with socket.socket(family, kind, protocol) as sock:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                if reuse_port:
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+                sock.bind(address)
+    except OSError as exc:
+        raise ConfigError(
+            "RECORDER_API_LISTEN", f"cannot listen on {host}:{port}: {_why(exc, port)}"
+        ) from exc
 
 
 def _why(exc: OSError, port: int) -> str:

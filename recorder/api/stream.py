@@ -3,8 +3,9 @@
 Each event is `id: <position>`, `event: event`, `data: <the same JSON as /events items>`.
 A client resumes with `Last-Event-ID` (EventSource sends it on reconnect) or `?after=`;
 the header wins. The handler polls the log (bounded by log_head, as /events, so it never
-skips a position), sends at most `limit` events per poll, sleeps `POLL_S` when there was
-nothing new, and writes a `: keepalive` comment after `HEARTBEAT_S` without events, which
+skips a position), sends at most `limit` events per poll, waits when there was nothing new
+until a commit is announced (`COMMITS`, LISTEN/NOTIFY) or `POLL_S` passed, and writes a
+`: keepalive` comment after `HEARTBEAT_S` without events, which
 also detects clients that went away. Streams end when the application shuts down.
 
 Database faults: the first read happens before the headers go out, so a lost or refused
@@ -24,6 +25,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from typing import Protocol
 
 import orjson
 from aiohttp import web
@@ -35,7 +37,15 @@ from recorder.api.params import parse
 from recorder.api.routes import POOL, event_item
 from recorder.logs import event
 
+
+class CommitWaiter(Protocol):
+    """recorder.eventlog.wakeups.CommitWakeups, as the stream sees it."""
+
+    async def wait(self, timeout_s: float) -> bool: ...
+
+
 STOPPING = web.AppKey("stream_stopping", asyncio.Event)
+COMMITS: web.AppKey[CommitWaiter | None] = web.AppKey("stream_commits")
 POLL_S = web.AppKey("stream_poll_s", float)
 HEARTBEAT_S = web.AppKey("stream_heartbeat_s", float)
 
@@ -78,8 +88,7 @@ async def stream_events(request: web.Request) -> web.StreamResponse:
                 if time.monotonic() - quiet_since >= heartbeat_s:
                     await response.write(b": keepalive\n\n")
                     quiet_since = time.monotonic()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stopping.wait(), wait_s)
+                await _pause(stopping, app[COMMITS], wait_s)
             if len(rows) < p.limit and rows:
                 await asyncio.sleep(0)  # let other requests run between full batches
             rows, wait_s = [], poll_s
@@ -94,3 +103,17 @@ async def stream_events(request: web.Request) -> web.StreamResponse:
         log.exception("read API: event stream stopped at position %d", position,
                       extra=event("api.stream.failed"))
     return response
+
+
+async def _pause(stopping: asyncio.Event, commits: CommitWaiter | None, wait_s: float) -> None:
+    """Until the app stops, a commit is announced, or `wait_s` passed (the polling fallback)."""
+    if commits is None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stopping.wait(), wait_s)
+        return
+    waiters = {asyncio.ensure_future(stopping.wait()), asyncio.ensure_future(commits.wait(wait_s))}
+    try:
+        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()

@@ -1,18 +1,24 @@
-"""One batch, one transaction: dedupe, take positions, insert; bisect and quarantine bad rows.
+"""One batch, one transaction: dedupe, take positions, COPY; bisect and quarantine bad rows.
 
 The writer (recorder/eventlog/writer.py) decides when and on which connection; this module
-decides what
-a batch does to the database.
+decides what a batch does to the database. Fresh rows go in by binary COPY
+(`copy_records_to_table`) inside the writer's transaction, after the lock and the positions
+(sql.TAKE_POSITIONS); a COPY that fails rolls the batch back like any failed statement.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
+import itertools
 import logging
-from collections.abc import Callable, Sequence
+import operator
+import weakref
+from collections.abc import Callable, Iterable, Sequence
 
 import asyncpg
 
+from recorder.db import schema
 from recorder.errors import RecorderError
 from recorder.eventlog import sql
 from recorder.eventlog.quarantine import minimal_quarantine_row, quarantine_event, quarantine_row
@@ -30,6 +36,41 @@ DATA_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 QueueItem = EventRecord | QuarantinedFrame
+
+#: Columns the binary COPY sends as PostgreSQL microseconds; the record holds Unix seconds.
+TIME_COLUMNS = frozenset(
+    column.name for column in schema.events.columns if column.type.python_type is dt.datetime
+)
+#: 2000-01-01T00:00:00Z, PostgreSQL's timestamp epoch, in Unix seconds.
+PG_EPOCH_S = 946_684_800
+
+
+def pg_micros(seconds: float) -> int:
+    """Unix seconds as PostgreSQL's binary timestamptz: microseconds since 2000-01-01 UTC.
+
+    Any time PostgreSQL can hold goes through, past Python's datetime range too (a sender's
+    microsecond clock read as milliseconds lands near the year 33658; the log keeps it)."""
+    return round((seconds - PG_EPOCH_S) * 1_000_000)
+
+
+async def use_time_codec(connection: asyncpg.Connection) -> None:
+    """timestamptz on this (the writer's) connection as PostgreSQL's own microseconds, both
+    ways: no datetime per value, and no value PostgreSQL takes is refused by the client."""
+    await connection.set_type_codec(
+        "timestamptz", schema="pg_catalog", format="tuple",
+        encoder=_encode_time, decoder=operator.itemgetter(0),
+    )
+
+
+def _encode_time(value: object) -> tuple[int]:
+    if isinstance(value, int):
+        return (value,)
+    if isinstance(value, dt.datetime):
+        delta = value - dt.datetime(2000, 1, 1, tzinfo=dt.UTC)
+        return ((delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds,)
+    if isinstance(value, float):
+        return (pg_micros(value),)
+    raise TypeError(f"not a time: {type(value).__name__}")
 
 
 class LogIntegrityError(RecorderError):
@@ -60,6 +101,8 @@ class BatchAppender:
     def __init__(self, head: Callable[[], int], on_fallback: Callable[[], None]) -> None:
         self._head = head
         self._on_fallback = on_fallback
+        #: connections that read and write timestamptz as microseconds (use_time_codec)
+        self._prepared: weakref.WeakSet[asyncpg.Connection] = weakref.WeakSet()
 
     async def append(
         self,
@@ -67,6 +110,9 @@ class BatchAppender:
         items: Sequence[QueueItem],
         committed_after: int | None = None,
     ) -> AppendResult:
+        if connection not in self._prepared:
+            await use_time_codec(connection)
+            self._prepared.add(connection)
         events = [item for item in items if isinstance(item, EventRecord)]
         frames = [item for item in items if isinstance(item, QuarantinedFrame)]
         recovered = AppendResult(head=self._head())
@@ -154,15 +200,20 @@ class BatchAppender:
                 await self._insert_quarantine(connection, frames)
             if fresh:
                 await connection.execute(sql.LOCK_EVENTS)
-                rows = await connection.fetch(sql.APPEND_BATCH, *_columns(fresh))
-                stored_keys = {row["dedupe_key"]: row["position"] for row in rows}
-                for event in fresh:
-                    position = stored_keys.get(event.dedupe_key)
-                    if position is None:
-                        result.duplicates.append(event)
-                    else:
-                        result.stored.append((position, event))
+                head, recorded_at, stored = await connection.fetchrow(
+                    sql.TAKE_POSITIONS, [event.dedupe_key for event in fresh]
+                )
+                if stored:
+                    already = set(stored)
+                    result.duplicates.extend(e for e in fresh if e.dedupe_key in already)
+                    fresh = [e for e in fresh if e.dedupe_key not in already]
+                first = head - len(fresh) + 1
+                if fresh:
+                    await _copy(connection, copy_rows(fresh, first, recorded_at))
+                result.stored.extend(zip(range(first, head + 1), fresh, strict=True))
                 await _advance_cursors(connection, result.stored)
+                if fresh:  # delivered at commit, only if it commits (recorder.eventlog.wakeups)
+                    await connection.execute(sql.NOTIFY_COMMIT, str(head))
         if result.stored:
             result.head = result.stored[-1][0]
         return result
@@ -179,6 +230,7 @@ class BatchAppender:
             await connection.executemany(
                 sql.INSERT_QUARANTINE, [minimal_quarantine_row(f) for f in frames]
             )
+
 
 async def _advance_cursors(
     connection: asyncpg.Connection, stored: Sequence[tuple[int, EventRecord]]
@@ -201,20 +253,52 @@ async def _advance_cursors(
         )
 
 
-def _columns(events: Sequence[EventRecord]) -> tuple[list[object], ...]:
-    return (
-        [e.received_at for e in events],
-        [e.account_id for e in events],
-        [e.consumer_id for e in events],
-        [e.session_id for e in events],
-        [e.kind for e in events],
-        [e.type for e in events],
-        [e.change_type for e in events],
-        [e.conversation_id for e in events],
-        [e.dialog_id for e in events],
-        [e.sequence for e in events],
-        [e.originator_id for e in events],
-        [e.server_ts for e in events],
-        [e.dedupe_key for e in events],
-        [e.payload for e in events],
-    )
+async def _copy(connection: asyncpg.Connection, rows: list[tuple[object, ...]]) -> None:
+    """The binary COPY of one batch's fresh rows into `events`, in the open transaction.
+
+    The server's refusals (a check, a jsonb that does not parse, NUL in text) arrive as the
+    same errors an INSERT raises. A value the client cannot encode (a lone surrogate, a
+    bigint out of range, a session id that is no UUID) raises from the encoder instead; asyncpg
+    aborts the COPY, and it becomes a DataError here, as asyncpg makes it for a bound parameter,
+    so that both lead to the bisection.
+    """
+    try:
+        await connection.copy_records_to_table(
+            sql.COPY_TABLE, records=rows, columns=sql.COPY_COLUMNS
+        )
+    except asyncpg.InterfaceError:
+        raise  # the connection, not the rows (recorder.db.retry: transient)
+    except (ValueError, TypeError, OverflowError) as exc:
+        raise _unencodable(exc) from exc
+
+
+def _unencodable(exc: Exception) -> asyncpg.exceptions.DataError:
+    return asyncpg.exceptions.DataError(f"invalid input for COPY: {type(exc).__name__}: {exc}")
+
+
+def copy_rows(
+    events: Sequence[EventRecord], first: int, recorded_at: int
+) -> list[tuple[object, ...]]:
+    """The COPY's rows, one value per sql.COPY_COLUMNS (the table's columns, in table order):
+    positions first.. in input order, one recorded_at (as read, in PostgreSQL microseconds),
+    and each other column from the record's field of the same name, times as PostgreSQL
+    microseconds (`pg_micros`; the connection uses `use_time_codec`). Built a column at a
+    time."""
+    count = len(events)
+    columns: list[Iterable[object]] = []
+    try:
+        for name in sql.COPY_COLUMNS:
+            if name == "position":
+                columns.append(range(first, first + count))
+            elif name == "recorded_at":
+                columns.append(itertools.repeat(recorded_at, count))
+            elif name in TIME_COLUMNS:
+                columns.append([
+                    None if seconds is None else pg_micros(seconds)
+                    for seconds in map(operator.attrgetter(name), events)
+                ])
+            else:
+                columns.append(map(operator.attrgetter(name), events))
+        return list(zip(*columns, strict=True))
+    except (ValueError, TypeError, OverflowError) as exc:  # inf, nan
+        raise _unencodable(exc) from exc

@@ -7,50 +7,41 @@ statements live with the tables they touch, whoever calls them.
 
 from recorder.db import schema
 
-# recorded_at is clock_timestamp(), read after the lock, so it follows commit order.
-# Positions come from the one-row log_head counter inside the writer's transaction, under
-# LOCK TABLE events IN EXCLUSIVE MODE: contiguous, in commit order, and a rollback burns none.
+# The append path, in the writer's transaction, under LOCK_EVENTS (taken once a batch has
+# events): TAKE_POSITIONS, then a binary COPY of the fresh rows into COPY_TABLE, then
+# ADVANCE_CURSORS. Positions come from the one-row log_head counter inside that transaction,
+# under LOCK TABLE events IN EXCLUSIVE MODE: contiguous, in commit order, and a rollback
+# (a COPY that fails included) burns none.
 LOCK_EVENTS = "LOCK TABLE events IN EXCLUSIVE MODE"
 
-# One statement per batch: drop keys already stored, take a block of positions, insert.
-# The input is already free of in-batch duplicates and ordered as received. There is no
-# ON CONFLICT: under the lock a conflict cannot happen, and if it ever did, the unique
-# violation rolls the whole batch back instead of leaving a hole in the positions.
-APPEND_BATCH = """
-WITH input AS (
-    SELECT *
-    FROM unnest(
-        $1::double precision[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
-        $7::text[], $8::text[], $9::text[], $10::bigint[], $11::text[],
-        $12::double precision[], $13::bytea[], $14::text[]
-    ) WITH ORDINALITY AS t(
-        received_at, account_id, consumer_id, session_id, kind, type,
-        change_type, conversation_id, dialog_id, sequence, originator_id,
-        server_ts, dedupe_key, payload, ord
-    )
-), fresh AS (
-    SELECT i.*, row_number() OVER (ORDER BY i.ord) AS n
-    FROM input i
-    WHERE NOT EXISTS (SELECT 1 FROM events e WHERE e.dedupe_key = i.dedupe_key)
+# One statement per batch, after the lock: find the keys already stored, take one block of
+# positions for the rest, and read the time. $1 is the batch's keys, already free of in-batch
+# duplicates. Returns the new head (the block is its last cardinality($1) - stored positions),
+# recorded_at, and the stored keys, which the COPY leaves out.
+#
+# recorded_at is clock_timestamp() read here, once per batch, after the lock, and sent back
+# with every row of the COPY: the next batch cannot read the clock before this one commits and
+# releases the lock, so recorded_at follows commit order (rows of one batch share it).
+TAKE_POSITIONS = """
+WITH stored AS (
+    SELECT dedupe_key FROM events WHERE dedupe_key = ANY($1::bytea[])
 ), head AS (
-    UPDATE log_head SET position = position + (SELECT count(*) FROM fresh)
+    UPDATE log_head
+    SET position = position + cardinality($1::bytea[]) - (SELECT count(*) FROM stored)
     WHERE id = 1
     RETURNING position
 )
-INSERT INTO events (
-    position, received_at, recorded_at, account_id, consumer_id, session_id, kind, type,
-    change_type, conversation_id, dialog_id, sequence, originator_id, server_ts,
-    dedupe_key, payload
-)
-SELECT
-    head.position - (SELECT count(*) FROM fresh) + f.n,
-    to_timestamp(f.received_at), clock_timestamp(), f.account_id, f.consumer_id, f.session_id::uuid,
-    f.kind, f.type, f.change_type, f.conversation_id, f.dialog_id, f.sequence,
-    f.originator_id, to_timestamp(f.server_ts), f.dedupe_key, f.payload::jsonb
-FROM fresh f CROSS JOIN head
-ORDER BY f.n
-RETURNING position, dedupe_key
+SELECT head.position AS head, clock_timestamp() AS recorded_at,
+       ARRAY(SELECT dedupe_key FROM stored) AS stored
+FROM head
 """
+
+# The COPY of fresh rows (asyncpg's copy_records_to_table writes the statement, binary format):
+# every column of the table in table order, derived from the one column list. There is no
+# ON CONFLICT in a COPY: under the lock a conflict cannot happen, and if it ever did, the
+# unique violation rolls the whole batch back instead of leaving a hole in the positions.
+COPY_TABLE: str = schema.events.name
+COPY_COLUMNS: tuple[str, ...] = schema.EVENT_COLUMNS
 
 HEAD = "SELECT position FROM log_head WHERE id = 1"
 
@@ -183,3 +174,10 @@ WHERE x.sequence > coalesce(x.previous + 1, 0)
 ORDER BY x.dialog_id, x.sequence
 LIMIT $1
 """
+
+# -- commit notifications ------------------------------------------------------------------------
+
+#: The channel the writer notifies on commit (recorder.eventlog.wakeups listens).
+COMMIT_CHANNEL = "recorder_log"
+# Sent inside the writer's transaction: delivered only if the batch commits, after it did.
+NOTIFY_COMMIT = f"SELECT pg_notify('{COMMIT_CHANNEL}', $1::text)"

@@ -25,7 +25,12 @@ from recorder.db.retry import TRANSIENT_ERRORS, backoff_s
 from recorder.db.target import DatabaseTarget
 from recorder.errors import WriterStoppedError
 from recorder.eventlog import sql
-from recorder.eventlog.appender import AppendResult, BatchAppender, LogIntegrityError, QueueItem
+from recorder.eventlog.appender import (
+    AppendResult,
+    BatchAppender,
+    LogIntegrityError,
+    QueueItem,
+)
 from recorder.logs import event
 
 __all__ = ["AppendResult", "EventWriter", "LogIntegrityError", "WriterStats"]

@@ -82,10 +82,11 @@ async def recorded(database: DatabaseTarget) -> int:
 
 
 def make_app(pool: Any, token: str | None = TOKEN, **options: Any) -> web.Application:
+    options.setdefault("stream_poll_s", 0.05)
     return create_app(
         pool, token=token,
         metrics_render=lambda: (METRICS_TEXT, "text/plain; version=0.0.4; charset=utf-8"),
-        stream_poll_s=0.05, **options,
+        **options,
     )
 
 

@@ -11,7 +11,7 @@ from aiohttp.test_utils import TestClient
 
 from recorder.db.target import DatabaseTarget
 from recorder.eventlog.writer import EventWriter
-from tests.helpers import message_event
+from tests.helpers import message_event, wait_until
 
 Client = TestClient[web.Request, web.Application]
 
@@ -114,3 +114,31 @@ async def test_stream_bad_parameters_are_problems(client: Client) -> None:
         response = await client.get("/events/stream", headers=headers, params=params)
         assert response.status == 400
         assert response.content_type == "application/problem+json"
+
+
+async def test_stream_wakes_on_a_commit_notification_long_before_its_poll(
+    aiohttp_client: Any, pool: Any, database: DatabaseTarget, recorded: int
+) -> None:
+    """A serve worker in its own process learns of commits by LISTEN/NOTIFY; its poll
+    interval (30 s here) is only the fallback."""
+    from recorder.eventlog.wakeups import CommitWakeups
+    from tests.api.conftest import AUTH, make_app
+
+    wakeups = CommitWakeups(database, listen=True)
+    stop = asyncio.Event()
+    listener = asyncio.create_task(wakeups.run(stop))
+    try:
+        await wait_until(lambda: wakeups.listening, within_s=10)
+        client = await aiohttp_client(make_app(pool, stream_poll_s=30.0, commits=wakeups),
+                                      headers=AUTH)
+        response = await client.get("/events/stream", params={"after": str(recorded)})
+        assert response.status == 200
+        await asyncio.sleep(0.2)  # the stream is idle, waiting
+        head = await append_slowly(database, 5)
+        async with asyncio.timeout(5):  # far below the 30 s poll
+            events = await read_events(response, 5)
+        assert [i for i, _ in events] == list(range(recorded + 1, head + 1))
+        response.close()
+    finally:
+        stop.set()
+        await listener

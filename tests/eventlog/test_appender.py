@@ -155,3 +155,47 @@ async def test_a_log_that_disagrees_with_its_head_stops_the_batch_and_rolls_it_b
     assert await db.fetchval("SELECT count(*) FROM events") == 1
     assert await db.fetchval("SELECT position FROM log_head") == 0
     assert await db.fetchval("SELECT count(*) FROM quarantine") == 0, "one transaction"
+
+
+async def test_rows_the_client_cannot_encode_for_the_copy_are_quarantined_like_the_rest(
+    db: asyncpg.Connection,
+) -> None:
+    appender = Appender()
+    events = [message_event("conv-a", n) for n in range(8)]
+    events[1] = dataclasses.replace(events[1], payload='{"lone": "\ud800"}')  # not UTF-8
+    events[4] = dataclasses.replace(events[4], session_id="not-a-uuid")
+    events[6] = dataclasses.replace(events[6], sequence=2**70)  # beyond bigint
+    stored, duplicates, quarantined = await appender.append(db, list(events))
+    good = [e for i, e in enumerate(events) if i not in (1, 4, 6)]
+    assert [event for _, event in stored] == good
+    assert [position for position, _ in stored] == list(range(1, 6))
+    assert duplicates == [] and appender.fallbacks == 1 and len(quarantined) == 3
+    assert await assert_log_contiguous(db) == 5
+    errors = [r["error"] for r in await db.fetch("SELECT error FROM quarantine")]
+    assert len(errors) == 3 and all(e.startswith("DataError: invalid input") for e in errors)
+    assert await db.fetchval("SELECT last_sequence FROM dialog_cursors") == 7
+
+
+async def test_a_batch_of_only_bad_rows_takes_no_position(db: asyncpg.Connection) -> None:
+    appender = Appender()
+    stored, _, quarantined = await appender.append(
+        db, [bad_kind(message_event("conv-a", 0)), bad_payload(message_event("conv-a", 1))]
+    )
+    assert stored == [] and len(quarantined) == 2
+    assert await db.fetchval("SELECT position FROM log_head") == 0, "a rolled back COPY burns none"
+    stored, _, _ = await appender.append(db, [message_event("conv-a", 2)])
+    assert [position for position, _ in stored] == [1]
+
+
+async def test_recorded_at_is_read_once_per_batch_after_the_lock_and_follows_commit_order(
+    db: asyncpg.Connection,
+) -> None:
+    appender = Appender()
+    before = await db.fetchval("SELECT extract(epoch FROM clock_timestamp())")
+    await appender.append(db, [message_event("conv-a", n) for n in range(3)])
+    await appender.append(db, [message_event("conv-a", n) for n in range(3, 5)])
+    rows = await db.fetch("SELECT position, extract(epoch FROM recorded_at) AS recorded_at "
+                          "FROM events ORDER BY position")
+    first, second = {r["recorded_at"] for r in rows[:3]}, {r["recorded_at"] for r in rows[3:]}
+    assert len(first) == 1 and len(second) == 1, "one clock read per batch"
+    assert before < min(first) < min(second), "later commits, later recorded_at"

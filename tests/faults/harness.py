@@ -141,6 +141,7 @@ class DaemonProcess:
             if not key.startswith("RECORDER_") and key not in ("STATE_DIRECTORY", "JOURNAL_STREAM")
         }
         self._env.setdefault("RECORDER_API_LISTEN", f"127.0.0.1:{free_port()}")
+        self._env.setdefault("RECORDER_STATE_DIR", str(log_path.parent / "state"))
         self._env.update(env)
         self.log_path = log_path
         self.process: asyncio.subprocess.Process | None = None
