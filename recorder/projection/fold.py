@@ -107,15 +107,13 @@ async def apply_and_advance(
     old: int,
     new: int,
     name: str = PROJECTION_NAME,
-    *,
-    bulk_schema: str | None = None,
 ) -> FoldStats:
     """Fold `events` (the log in (old, new]) and move the saved position, atomically."""
     batch = events if isinstance(events, Batch) else fold(events)
     async with connection.transaction():
         # First, so that a concurrent projector blocks on the row and then fails here.
         await advance_position(connection, old, new, name)
-        return await write_batch(connection, batch, bulk_schema=bulk_schema)
+        return await write_batch(connection, batch)
 
 
 async def apply_events(connection: asyncpg.Connection, events: Iterable[LogEvent]) -> FoldStats:
@@ -124,16 +122,8 @@ async def apply_events(connection: asyncpg.Connection, events: Iterable[LogEvent
         return await write_batch(connection, fold(events))
 
 
-async def write_batch(
-    connection: asyncpg.Connection, batch: Batch, *, bulk_schema: str | None = None
-) -> FoldStats:
-    """Write one batch's rows; the caller holds the transaction.
-
-    `bulk_schema` (rebuild only): messages and receipts are COPYed into that schema's tables,
-    which have no primary key yet; recorder.projection.rebuild removes repeats and adds the keys
-    at the
-    end, keeping the earliest position as the upserts here do.
-    """
+async def write_batch(connection: asyncpg.Connection, batch: Batch) -> FoldStats:
+    """Write one batch's rows by set-based upserts; the caller holds the transaction."""
     if batch.unreadable:
         log.warning("projection skipped %d events it cannot read, at positions %s",
                     len(batch.unreadable), batch.unreadable[:10],
@@ -144,7 +134,7 @@ async def write_batch(
     people: list[tuple[Any, ...]] = []
     dialogs: list[tuple[Any, ...]] = []
     for facts in batch.conversations.values():
-        row, won = _conversation_row(facts, stored.get(facts.conversation_id))
+        row, won = conversation_row(facts, stored.get(facts.conversation_id))
         rows.append(row)
         if won and facts.upsert is not None:
             winners.append(facts.conversation_id)
@@ -162,22 +152,11 @@ async def write_batch(
             unique = {row[0]: row for row in dialogs}  # two conversations may name one dialog
             await connection.execute(q.UPSERT_DIALOGS, *_columns(list(unique.values()), 11))
     messages, receipts = list(batch.messages.values()), list(batch.receipts.values())
-    if bulk_schema is not None:
-        await _copy(connection, bulk_schema, "messages", q.MESSAGE_COLUMNS, messages)
-        await _copy(connection, bulk_schema, "receipts", q.RECEIPT_COLUMNS, receipts)
-    else:
-        if messages:
-            await connection.execute(q.UPSERT_MESSAGES, *_columns(messages, 15))
-        if receipts:
-            await connection.execute(q.UPSERT_RECEIPTS, *_columns(receipts, 6))
+    if messages:
+        await connection.execute(q.UPSERT_MESSAGES, *_columns(messages, 15))
+    if receipts:
+        await connection.execute(q.UPSERT_RECEIPTS, *_columns(receipts, 6))
     return FoldStats(batch.events, len(rows), len(messages), len(receipts))
-
-
-async def _copy(connection: asyncpg.Connection, schema: str, table: str,
-                columns: tuple[str, ...], rows: list[tuple[Any, ...]]) -> None:
-    if rows:  # server_ts goes in as epoch ms: the rebuild's bulk tables have it as bigint
-        await connection.copy_records_to_table(
-            table, schema_name=schema, columns=list(columns), records=rows)
 
 
 async def _stored_state(connection: asyncpg.Connection, batch: Batch) -> dict[str, _Stored]:
@@ -194,7 +173,7 @@ async def _stored_state(connection: asyncpg.Connection, batch: Batch) -> dict[st
     }
 
 
-def _conversation_row(
+def conversation_row(
     facts: ConversationFacts, stored: _Stored | None
 ) -> tuple[tuple[Any, ...], bool]:
     """The conversations row for the upsert, and whether the batch's UPSERT won."""

@@ -3,10 +3,8 @@
 1. Replay: fresh tables in the schema `recorder_rebuild` (from recorder.db.schema, so they are
    exactly what the code expects), filled from position 0 by the fold the projector runs, on
    a connection whose search_path puts that schema first. They are scratch space, so:
-   unlogged, no asynchronous commit waits, only the indexes the fold reads through, and
-   messages and receipts COPYed in without keys, which are added once at the end (repeats
-   dropped, earliest position kept: what the upserts do). The next batch is read, and folded
-   in Python, while PostgreSQL writes the previous one.
+   unlogged, no asynchronous commit waits, only the indexes the fold reads through. How the
+   replay folds the whole log in one pass and COPYs it in: recorder.projection.replay.
 2. Converge: lock the live position row (FOR UPDATE: a running projector pauses at its
    compare-and-set, holding nothing else). If live is ahead (the log kept growing), the
    rebuild replays on to that position (outside the lock if it is far ahead, then again).
@@ -29,7 +27,6 @@ import dataclasses
 import logging
 import sys
 import time
-from collections.abc import Callable
 from typing import Any
 
 import asyncpg
@@ -45,17 +42,19 @@ from recorder.logs import event
 from recorder.progress import ProgressBar
 from recorder.projection import PROJECTION_NAME
 from recorder.projection import sql as q
-from recorder.projection.fold import apply_and_advance
+from recorder.projection.fold import (
+    apply_and_advance,
+)
 from recorder.projection.projector import PROJECTOR_LOCK_KEY
 from recorder.projection.rebuild_tables import (
     TableDifference,
     compare,
     create_scratch_tables,
-    key_bulk_tables,
     swap_in,
 )
-from recorder.projection.rows import Batch, LogRow
-from recorder.projection.sql import REBUILD_SCHEMA, ident
+from recorder.projection.replay import Progress, Replay
+from recorder.projection.rows import LogRow
+from recorder.projection.sql import REBUILD_SCHEMA
 
 __all__ = ["REBUILD_LOCK_KEY", "RebuildReport", "TableDifference", "add_rebuild_arguments",
            "rebuild", "rebuild_command"]
@@ -65,7 +64,6 @@ log = logging.getLogger(__name__)
 #: Advisory lock key for "a rebuild is running" (spells "rec-rbld").
 REBUILD_LOCK_KEY = 0x7265632D72626C64
 
-Progress = Callable[[int, int], None]
 
 
 @dataclasses.dataclass
@@ -110,10 +108,16 @@ async def rebuild(
     batch_size: int = 20_000,
     swap: bool = False,
     catch_up_timeout_s: float = 60.0,
+    max_conversations: int = 50_000,
 ) -> RebuildReport:
-    """Replay the log into fresh tables, compare with live, and swap them in if asked."""
-    if batch_size <= 0:
-        raise ValueError("batch_size must be positive")
+    """Replay the log into fresh tables, compare with live, and swap them in if asked.
+
+    `batch_size`: events per page read from the log (and per transaction when catching up);
+    `max_conversations`: conversations the replay holds in memory before it writes them out
+    (~5 KB each for bench/rebuild.py's workload; more with bigger conversationDetails).
+    """
+    if batch_size <= 0 or max_conversations <= 0:
+        raise ValueError("batch_size and max_conversations must be positive")
     admin = await connect(target)
     try:
         if not await admin.fetchval(db_sql.TRY_LEADER_LOCK, REBUILD_LOCK_KEY):
@@ -122,10 +126,10 @@ async def rebuild(
         if not live_schema:
             raise RebuildError("no current schema: check the connection's search_path")
         await create_scratch_tables(admin)
-        replay = await _Replay.open(target, live_schema, batch_size, progress)
+        replay = await Replay.open(target, live_schema, batch_size, progress,
+                                    max_conversations)
         try:
-            await replay.run_to(int(await admin.fetchval(log_sql.HEAD)))
-            await replay.finish_bulk()
+            await replay.bulk_load(int(await admin.fetchval(log_sql.HEAD)))
             report = await _converge(admin, replay, live_schema, swap, catch_up_timeout_s)
         finally:
             await replay.close()
@@ -143,99 +147,7 @@ async def rebuild(
             await admin.close()
 
 
-class _Replay:
-    """Folds the log into the scratch tables: reads the next batch and folds it in Python
-    while PostgreSQL writes the previous one."""
-
-    def __init__(self, work: asyncpg.Connection, reader: asyncpg.Connection, batch_size: int,
-                 progress: Progress | None) -> None:
-        self._work, self._reader = work, reader
-        self.batch_size, self._progress = batch_size, progress
-        self.position = 0
-        self.seconds = 0.0  # time spent replaying
-        self.bulk = True  # messages and receipts by COPY, keys added by finish_bulk()
-
-    @classmethod
-    async def open(cls, target: DatabaseTarget, live_schema: str, batch_size: int,
-                   progress: Progress | None) -> _Replay:
-        # Scratch tables: losing them in a crash loses nothing, so no commit waits for a flush.
-        settings = {"search_path": f"{ident(REBUILD_SCHEMA)}, {ident(live_schema)}",
-                    "synchronous_commit": "off"}
-        work = await connect(target, server_settings=settings)
-        try:
-            reader = await connect(target)
-        except BaseException:
-            await work.close()
-            raise
-        replay = cls(work, reader, batch_size, progress)
-        await work.execute(q.ENSURE_POSITION, PROJECTION_NAME)
-        return replay
-
-    async def close(self) -> None:
-        await asyncio.gather(self._work.close(), self._reader.close())
-
-    async def run_to(self, until: int) -> None:
-        if until <= self.position:
-            return
-        started = time.monotonic()
-        reading = asyncio.ensure_future(self._read(self.position, until))
-        writing: asyncio.Future[None] | None = None
-        old = self.position
-        try:
-            while True:
-                rows, new = await reading
-                if new < until:
-                    reading = asyncio.ensure_future(self._read(new, until))
-                batch = await _fold_cooperatively(rows)
-                if writing is not None:
-                    await writing
-                writing = asyncio.ensure_future(self._write(batch, old, new, until))
-                old = new
-                if new >= until:
-                    await writing
-                    return
-        finally:
-            self.seconds += time.monotonic() - started
-            for task in (reading, writing):
-                if task is not None and not task.done():
-                    task.cancel()
-                    await asyncio.gather(task, return_exceptions=True)
-
-    async def finish_bulk(self) -> None:
-        """Drop repeated message and receipt keys (the earliest position stays), add the keys."""
-        if not self.bulk:
-            return
-        started = time.monotonic()
-        await key_bulk_tables(self._work)
-        self.bulk = False
-        self.seconds += time.monotonic() - started
-
-    async def _read(self, after: int, until: int) -> tuple[list[Any], int]:
-        rows = await self._reader.fetch(q.READ_RANGE, after, until, self.batch_size)
-        return rows, (rows[-1][0] if len(rows) == self.batch_size else until)
-
-    async def _write(self, batch: Batch, old: int, new: int, until: int) -> None:
-        bulk_schema = REBUILD_SCHEMA if self.bulk else None
-        await apply_and_advance(self._work, batch, old, new, bulk_schema=bulk_schema)
-        self.position = new
-        if self._progress is not None:
-            self._progress(new, until)
-
-
-async def _fold_cooperatively(rows: list[Any], slice_size: int = 500) -> Batch:
-    """fold() of READ_RANGE rows, yielding to the event loop now and then so the previous
-    batch's statements keep flowing: Python folds on one core while the server writes on the
-    other."""
-    batch = Batch()
-    add = batch.add_row
-    for start in range(0, len(rows), slice_size):
-        for row in rows[start:start + slice_size]:
-            add(*row)
-        await asyncio.sleep(0)
-    return batch
-
-
-async def _converge(admin: asyncpg.Connection, replay: _Replay, live_schema: str, swap: bool,
+async def _converge(admin: asyncpg.Connection, replay: Replay, live_schema: str, swap: bool,
                     catch_up_timeout_s: float) -> RebuildReport:
     """Bring live and rebuild to one position, then compare (and swap) under the row lock."""
     deadline = time.monotonic() + catch_up_timeout_s
@@ -301,22 +213,28 @@ def add_rebuild_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--batch-size", type=int, default=20_000, metavar="N",
-        help="events per replay transaction (default 20000)",
+        help="events per page read from the log, and per transaction when catching up "
+             "(default 20000)",
+    )
+    parser.add_argument(
+        "--max-conversations", type=int, default=50_000, metavar="N",
+        help="conversations held in memory while replaying before they are written out "
+             "(default 50000)",
     )
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
 
 
 async def rebuild_command(settings: Settings, args: argparse.Namespace) -> int:
     """0 when live equals the rebuild (or was swapped for it), 1 when they differ."""
-    if args.batch_size <= 0:
-        print("recorder: --batch-size must be positive", file=sys.stderr)
+    if args.batch_size <= 0 or args.max_conversations <= 0:
+        print("recorder: --batch-size and --max-conversations must be positive", file=sys.stderr)
         return 2
     bar = ProgressBar(sys.stderr) if sys.stderr.isatty() else None
     async with open_database(settings) as target:
         await migrate.require_current_schema(target)
         try:
             report = await rebuild(target, progress=bar, batch_size=args.batch_size,
-                                   swap=args.swap)
+                                   swap=args.swap, max_conversations=args.max_conversations)
         finally:
             if bar is not None:
                 bar.finish()

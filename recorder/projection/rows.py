@@ -66,6 +66,8 @@ def epoch_ms(value: Any) -> int | None:
 
 def _int(value: Any, limit: int = INT64) -> int | None:
     if type(value) is not int:  # the common case first: this runs for every event
+        if value is None:  # the next most common: absent
+            return None
         value = payload.change_sequence({"sequence": value})  # integral float or digit string
     return value if value is not None and -limit <= value <= limit else None
 
@@ -78,6 +80,34 @@ def _text(value: Any) -> str | None:
 
 def _json(value: Any) -> str | None:
     return None if value is None else orjson.dumps(value).decode()
+
+
+def _originator(change: dict[str, Any]) -> tuple[str | None, str | None]:
+    """payload.originator_id and payload.originator_role, with the usual shape read inline."""
+    meta = change.get("originatorMetadata")
+    if not isinstance(meta, dict):
+        return payload.originator_id(change), None
+    author = meta.get("id")
+    if not isinstance(author, str) or not author:
+        author = payload.originator_id(change)
+    role = meta.get("role")
+    return author, role if isinstance(role, str) and role else None
+
+
+_CONTENT_TYPES: dict[str, str | None] = {}  # payload.content_type of the spellings seen
+
+
+def _content_type(body: dict[str, Any]) -> str | None:
+    """payload.content_type, remembered per spelling."""
+    value = body.get("contentType")
+    if type(value) is not str:
+        return payload.content_type(body)
+    found = _CONTENT_TYPES.get(value)
+    if found is None:
+        found = payload.content_type(body)
+        if len(_CONTENT_TYPES) < 1024:  # a few spellings in practice; bounded whatever comes
+            _CONTENT_TYPES[value] = found
+    return found
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -278,15 +308,26 @@ class Batch:
     def _messaging_change(self, position: int, account_id: str, consumer_id: str,
                           conversation_id: str | None, dialog_id: str | None,
                           change: dict[str, Any]) -> None:
-        sequence = _int(change.get("sequence"))
+        # The common shapes are read inline (the rebuild's hot loop); anything else goes
+        # through recorder.ums.payload's accessors, which the inline reads equal.
+        sequence = change.get("sequence")
+        if type(sequence) is not int or not -INT64 <= sequence <= INT64:
+            sequence = _int(sequence)
         dialog_id = dialog_id or payload.change_dialog_id(change)
         if sequence is None or not dialog_id:
             return  # typing indicators and the like: not messages
         conversation_id = conversation_id or _text(change.get("conversationId"))
-        server_ms = epoch_ms(payload.server_timestamp_ms(change))
-        event_type = payload.event_type(change)
+        server_ms = change.get("serverTimestamp")
+        if (type(server_ms) is not int or not 0 < server_ms <= MAX_MS
+                or isinstance(change.get("result"), dict)):
+            server_ms = epoch_ms(payload.server_timestamp_ms(change))
         body = change.get("event")
-        body = body if isinstance(body, dict) else {}
+        if isinstance(body, dict):
+            event_type = body.get("type")
+            if not isinstance(event_type, str):
+                event_type = ""
+        else:
+            body, event_type = {}, ""
         if event_type == "AcceptStatusEvent":
             projected = self._receipts(position, change, body, dialog_id, server_ms)
         else:
@@ -305,7 +346,7 @@ class Batch:
         content_type = text = rich = hosted = None
         keep_raw = True  # the raw event is kept only where the columns do not capture it
         if event_type == "ContentEvent":
-            content_type = payload.content_type(body)
+            content_type = _content_type(body)
             message = body.get("message")
             if isinstance(message, str):
                 text, keep_raw = message, False
@@ -314,13 +355,14 @@ class Batch:
             keep_raw = keep_raw or "quickReplies" in body
         elif event_type.rpartition(".")[2].startswith("RichContent"):
             content = payload.rich_content(body)
-            content_type = payload.content_type(body) or RICH_CONTENT
+            content_type = _content_type(body) or RICH_CONTENT
             if content is not None:
                 rich, keep_raw = _json(content), False
         metadata = change.get("metadata")
         audience = change.get("messageAudience")
+        author, role = _originator(change)
         self.messages[key] = (
-            *key, conversation_id, payload.originator_id(change), payload.originator_role(change),
+            *key, conversation_id, author, role,
             event_type or None, content_type, text, rich, hosted,
             _json(metadata) if isinstance(metadata, list | dict) else None,
             audience if isinstance(audience, str) else None,
@@ -331,7 +373,7 @@ class Batch:
 
     def _receipts(self, position: int, change: dict[str, Any], body: dict[str, Any],
                   dialog_id: str, server_ms: int | None) -> bool:
-        participant = payload.originator_id(change)
+        participant = _originator(change)[0]
         status = _text(body.get("status"))
         if participant is None or status is None:
             return False

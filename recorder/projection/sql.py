@@ -217,6 +217,12 @@ DROP_SCRATCH = f"DROP SCHEMA IF EXISTS {REBUILD_SCHEMA} CASCADE"
 CREATE_SCRATCH = f"CREATE SCHEMA {REBUILD_SCHEMA}"
 
 
+# Which of these conversations the scratch tables hold already (a bulk load past its memory cap).
+STORED_CONVERSATIONS = """
+SELECT conversation_id FROM conversations WHERE conversation_id = ANY($1::text[])
+"""
+
+
 def ident(name: str) -> str:
     """A quoted identifier."""
     return '"' + name.replace('"', '""') + '"'
@@ -229,10 +235,8 @@ def unlogged(create_table: str) -> str:
 
 
 def unkey_for_bulk_load(table: str) -> str:
-    """Keyed after the bulk load (one sort beats a million index inserts); times loaded as the
-    epoch ms the fold has, converted once by the server at the end."""
-    return (f"ALTER TABLE {REBUILD_SCHEMA}.{table} DROP CONSTRAINT {table}_pkey, "
-            "ALTER COLUMN server_ts TYPE bigint USING NULL")
+    """Keyed after the bulk load: one sort beats a million index inserts."""
+    return f"ALTER TABLE {REBUILD_SCHEMA}.{table} DROP CONSTRAINT {table}_pkey"
 
 
 def drop_repeated_keys(table: str, key: list[str]) -> str:
@@ -247,8 +251,7 @@ def drop_repeated_keys(table: str, key: list[str]) -> str:
 
 
 def key_after_bulk_load(table: str, key: list[str]) -> str:
-    return (f"ALTER TABLE {REBUILD_SCHEMA}.{table} ADD PRIMARY KEY ({', '.join(key)}), "
-            f"ALTER COLUMN server_ts TYPE timestamptz USING {ms_to_timestamp('server_ts')}")
+    return f"ALTER TABLE {REBUILD_SCHEMA}.{table} ADD PRIMARY KEY ({', '.join(key)})"
 
 
 def compare_table(live_schema: str, table: str, columns: list[str], key: list[str],

@@ -1,17 +1,21 @@
-"""`recorder rebuild`: replay equals live, detects a corrupted row, swaps, converges while the
-log grows, and its command-line face."""
+"""`recorder rebuild`: replay equals live (also past its conversation cap, and for any log:
+a property), detects a corrupted row, swaps, converges while the log grows, copies times as
+the upserts write them, and its command-line face."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import contextlib
+import random
 from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
 import orjson
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from recorder.config import Secret, Settings
 from recorder.db.target import DatabaseTarget
@@ -25,6 +29,10 @@ from recorder.projection.rebuild import (
     rebuild,
     rebuild_command,
 )
+from recorder.projection.rebuild_tables import copy_epoch_ms_as_timestamps
+from recorder.projection.rows import MAX_MS
+from recorder.projection.sql import ms_to_timestamp
+from tests.projection.test_properties import conversation_log
 from tests.projection_helpers import (
     AGENT1,
     AGENT2,
@@ -79,6 +87,68 @@ async def test_rebuild_equals_live_after_a_mixed_log(database: DatabaseTarget,
     assert await snapshot(db) == before  # compare only: live untouched
     assert "recorder_rebuild" not in {r["nspname"] for r in await db.fetch(
         "SELECT nspname FROM pg_namespace")}
+
+
+async def test_rebuild_past_its_conversation_cap_equals_live(
+        database: DatabaseTarget, db: asyncpg.Connection) -> None:
+    """Small pages and a cap of 2 conversations: the bulk load writes conversations out many
+    times, new ones by COPY and stored ones merged; receipts repeat across pages."""
+    changes = mixed_log(8)
+    changes += [receipt(f"conv-{n}", 3 + n, [0, 1], "READ") for n in range(8)]  # repeated keys
+    head = await append_changes(database, changes)
+    await project(database, batch_size=11)
+    before = await snapshot(db)
+    report = await rebuild(database, batch_size=5, max_conversations=2)
+    assert report.equal, report.as_text()
+    assert report.position == head and await snapshot(db) == before
+
+
+async def test_copied_times_are_the_ones_the_upserts_write(db: asyncpg.Connection,
+                                                             database: DatabaseTarget) -> None:
+    """The bulk load COPYs epoch ms as timestamps itself; they must equal, to the µs,
+    PostgreSQL's conversion, which the projector's upserts use."""
+    rng = random.Random(14)
+    values = [1, 2, 999, 1000, 1001, MAX_MS - 1, MAX_MS]
+    values += [rng.randrange(1, MAX_MS) for _ in range(20_000)]
+    values += [1_700_000_000_000 + rng.randrange(10**9) for _ in range(20_000)]
+    copier = await asyncpg.connect(database.dsn)
+    try:
+        await copy_epoch_ms_as_timestamps(copier)
+        await copier.execute("CREATE TABLE times (ms bigint, ts timestamptz)")
+        await copier.copy_records_to_table("times", records=[(v, v) for v in values])
+    finally:
+        await copier.close()
+    assert await db.fetchval(
+        f"SELECT count(*) FROM times WHERE ts IS DISTINCT FROM {ms_to_timestamp('ms')}") == 0
+    assert await db.fetchval("SELECT count(*) FROM times") == len(values)
+
+
+@st.composite
+def many_conversations(draw: st.DrawFn) -> list[dict[str, Any]]:
+    """One to three conversations' logs (tests/projection/test_properties), in any order."""
+    changes: list[dict[str, Any]] = []
+    for n in range(draw(st.integers(1, 3))):
+        for row in draw(conversation_log()):
+            text = row.payload.replace('"conv-p"', f'"conv-p{n}"')
+            changes.append(orjson.loads(text.replace('"survey-p"', f'"survey-p{n}"')))
+    return draw(st.permutations(changes))
+
+
+@settings(max_examples=25, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(changes=many_conversations(), live_batch=st.integers(1, 8),
+       page=st.integers(1, 12), cap=st.integers(1, 4))
+async def test_the_rebuild_of_any_log_equals_the_incremental_projection(
+        database: DatabaseTarget, db: asyncpg.Connection, changes: list[dict[str, Any]],
+        live_batch: int, page: int, cap: int) -> None:
+    await db.execute("TRUNCATE events, dialog_cursors, quarantine, projection_positions, "
+                     "conversations, dialogs, participants, messages, receipts")
+    await db.execute("UPDATE log_head SET position = 0 WHERE id = 1")
+    head = await append_changes(database, changes)
+    await project(database, batch_size=live_batch)
+    report = await rebuild(database, batch_size=page, max_conversations=cap)
+    assert report.equal, report.as_text()
+    assert report.position == head
 
 
 async def test_rebuild_brings_a_stopped_projection_up_to_the_head(
@@ -220,3 +290,5 @@ async def test_command_exit_codes_and_report(database: DatabaseTarget, db: async
         assert await rebuild_command(settings, parse()) == 0
         assert "equals the rebuild" in capsys.readouterr().out
         assert await rebuild_command(settings, parse("--batch-size", "0")) == 2
+        assert await rebuild_command(settings, parse("--max-conversations", "0")) == 2
+        assert await rebuild_command(settings, parse("--max-conversations", "1")) == 0
