@@ -18,6 +18,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import os
 import time
@@ -192,11 +193,16 @@ class Metrics:
     def observe_commit(self, result: AppendResult) -> None:
         """The writer's commit listener: quick, and never raises on a well-formed result."""
         committed_at = time.time()
+        stored: collections.Counter[str] = collections.Counter()
+        observe = self.commit_latency.observe
         for _, event in result.stored:
-            self.events_stored.labels(kind=_kind(event.kind)).inc()
-            self.commit_latency.observe(max(0.0, committed_at - event.received_at))
-        for event in result.duplicates:
-            self.duplicates_dropped.labels(kind=_kind(event.kind)).inc()
+            stored[event.kind] += 1
+            observe(max(0.0, committed_at - event.received_at))
+        for kind, count in stored.items():  # one increment per kind and batch, not per event
+            self.events_stored.labels(kind=_kind(kind)).inc(count)
+        dropped = collections.Counter(event.kind for event in result.duplicates)
+        for kind, count in dropped.items():
+            self.duplicates_dropped.labels(kind=_kind(kind)).inc(count)
         if result.quarantined:
             self.frames_quarantined.inc(len(result.quarantined))
         size = len(result.stored) + len(result.duplicates) + len(result.quarantined)
