@@ -199,7 +199,7 @@ class BatchAppender:
                 await self._insert_quarantine(connection, frames)
             if fresh:
                 await connection.execute(sql.LOCK_EVENTS)
-                head, recorded_at, stored = await connection.fetchrow(
+                head, recorded_at, stored, _ = await connection.fetchrow(
                     sql.TAKE_POSITIONS, [event.dedupe_key for event in fresh]
                 )
                 if stored:
@@ -211,8 +211,6 @@ class BatchAppender:
                     await _copy(connection, copy_rows(fresh, first, recorded_at))
                 result.stored.extend(zip(range(first, head + 1), fresh, strict=True))
                 await _advance_cursors(connection, result.stored)
-                if fresh:  # delivered at commit, only if it commits (recorder.eventlog.wakeups)
-                    await connection.execute(sql.NOTIFY_COMMIT, str(head))
         if result.stored:
             result.head = result.stored[-1][0]
         return result

@@ -14,6 +14,9 @@ from recorder.db import schema
 # (a COPY that fails included) burns none.
 LOCK_EVENTS = "LOCK TABLE events IN EXCLUSIVE MODE"
 
+#: The channel the writer notifies on commit (recorder.eventlog.wakeups listens).
+COMMIT_CHANNEL = "recorder_log"
+
 # One statement per batch, after the lock: find the keys already stored, take one block of
 # positions for the rest, and read the time. $1 is the batch's keys, already free of in-batch
 # duplicates. Returns the new head (the block is its last cardinality($1) - stored positions),
@@ -22,7 +25,11 @@ LOCK_EVENTS = "LOCK TABLE events IN EXCLUSIVE MODE"
 # recorded_at is clock_timestamp() read here, once per batch, after the lock, and sent back
 # with every row of the COPY: the next batch cannot read the clock before this one commits and
 # releases the lock, so recorded_at follows commit order (rows of one batch share it).
-TAKE_POSITIONS = """
+#
+# It also queues the commit notification (recorder.eventlog.wakeups): NOTIFY is transactional,
+# delivered at commit and only if the batch commits, so it rides along here instead of costing
+# a round trip of its own.
+TAKE_POSITIONS = f"""
 WITH stored AS (
     SELECT dedupe_key FROM events WHERE dedupe_key = ANY($1::bytea[])
 ), head AS (
@@ -32,7 +39,8 @@ WITH stored AS (
     RETURNING position
 )
 SELECT head.position AS head, clock_timestamp() AS recorded_at,
-       ARRAY(SELECT dedupe_key FROM stored) AS stored
+       ARRAY(SELECT dedupe_key FROM stored) AS stored,
+       pg_notify('{COMMIT_CHANNEL}', head.position::text) IS NULL AS notified
 FROM head
 """
 
@@ -174,10 +182,3 @@ WHERE x.sequence > coalesce(x.previous + 1, 0)
 ORDER BY x.dialog_id, x.sequence
 LIMIT $1
 """
-
-# -- commit notifications ------------------------------------------------------------------------
-
-#: The channel the writer notifies on commit (recorder.eventlog.wakeups listens).
-COMMIT_CHANNEL = "recorder_log"
-# Sent inside the writer's transaction: delivered only if the batch commits, after it did.
-NOTIFY_COMMIT = f"SELECT pg_notify('{COMMIT_CHANNEL}', $1::text)"

@@ -1,7 +1,7 @@
 """Wake-ups on commit: `LISTEN` on the log's channel, with polling as the fallback.
 
 The writer sends `NOTIFY recorder_log, '<head>'` inside its commit transaction
-(recorder.eventlog.sql.NOTIFY_COMMIT), so a notification arrives only for a committed batch.
+(recorder.eventlog.sql.TAKE_POSITIONS), so a notification arrives only for a committed batch.
 Readers in other processes (the projector, the change feed) subscribe here and look at once
 instead of at their next poll. Nothing relies on it: every reader still polls on its own
 interval, so the roles work through a transaction-pooling PgBouncer (where LISTEN does not),
