@@ -8,6 +8,7 @@ every role pings; SIGTERM drains serve, then ingest, then project.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import sys
@@ -44,6 +45,27 @@ def by_name(state: Path) -> dict[str, dict[str, Any]]:
 def parent_of(pid: int) -> int:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return int(fields[1])
+
+
+def listening_inodes(port: int) -> set[int]:
+    """Inodes of the TCP sockets listening on `port` (state 0A in /proc/net/tcp{,6})."""
+    found = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                found.add(int(fields[9]))
+    return found
+
+
+def socket_inodes(pid: int) -> set[int]:
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        with contextlib.suppress(OSError):
+            target = os.readlink(fd)
+            if target.startswith("socket:["):
+                inodes.add(int(target[8:-1]))
+    return inodes
 
 
 def all_ready(state: Path, names: set[str]) -> bool:
@@ -208,3 +230,43 @@ async def test_an_api_port_another_program_holds_exits_2_before_any_role_starts(
             code = await asyncio.wait_for(daemon.process.wait(), 60)
         assert code == 2, daemon.output()[-2000:]
         assert "RECORDER_API_LISTEN" in daemon.output()
+
+
+async def test_the_serve_role_alone_runs_its_workers_on_one_port(
+    database: DatabaseTarget, tmp_path: Path,
+) -> None:
+    """`recorder run --role serve` with two workers: a supervisor over two serve processes
+    that share the port (SO_REUSEPORT), and nothing else (no sockets, no writer)."""
+    state, port = tmp_path / "state", free_port()
+    daemon = DaemonProcess(
+        {
+            "RECORDER_DATABASE_URL": database.dsn,
+            "RECORDER_API_TOKEN": API_TOKEN,
+            "RECORDER_API_LISTEN": f"127.0.0.1:{port}",
+            "RECORDER_STATE_DIR": str(state),
+            "RECORDER_RUN_ROLE": "serve",
+            "RECORDER_API_WORKERS": "2",
+        },
+        tmp_path / "daemon.log",
+    )
+    await daemon.start()
+    try:
+        await poll(lambda: all_ready(state, {"serve.1", "serve.2"}), "workers not ready",
+                   within_s=60)
+        roles = by_name(state)
+        assert set(roles) == {"serve.1", "serve.2"}
+        listening = listening_inodes(port)
+        for name in ("serve.1", "serve.2"):  # each worker holds a listener of its own
+            assert socket_inodes(roles[name]["pid"]) & listening, name
+        async with aiohttp.ClientSession() as http:
+            for _ in range(10):
+                async with http.get(f"http://127.0.0.1:{port}/livez",
+                                    headers={"Connection": "close"}) as reply:
+                    assert reply.status == 200
+        text = await metrics_text(port)
+        assert 'recorder_role_up{role="serve"} 1.0' in text
+        assert await daemon.terminate() == 0, daemon.output()[-3000:]
+    finally:
+        if daemon.running:
+            await daemon.terminate()
+    assert "[serve.1]" in daemon.output() and "[serve.2]" in daemon.output()
