@@ -41,7 +41,9 @@ from recorder.logs import event
 class CommitWaiter(Protocol):
     """recorder.eventlog.wakeups.CommitWakeups, as the stream sees it."""
 
-    async def wait(self, timeout_s: float) -> bool: ...
+    generation: int
+
+    async def wait(self, timeout_s: float, since: int | None = None) -> bool: ...
 
 
 STOPPING = web.AppKey("stream_stopping", asyncio.Event)
@@ -65,6 +67,8 @@ async def stream_events(request: web.Request) -> web.StreamResponse:
     poll_s, heartbeat_s = app[POLL_S], app[HEARTBEAT_S]
     # The first read happens before the headers go out: a broken database is a 503 problem,
     # not a stream that ends at once.
+    commits = app[COMMITS]
+    mark = commits.generation if commits is not None else 0  # noted before each read
     rows = await pool.fetch(q.EVENTS_AFTER, position, p.limit)
     response = web.StreamResponse(headers={
         "Content-Type": "text/event-stream",
@@ -88,11 +92,12 @@ async def stream_events(request: web.Request) -> web.StreamResponse:
                 if time.monotonic() - quiet_since >= heartbeat_s:
                     await response.write(b": keepalive\n\n")
                     quiet_since = time.monotonic()
-                await _pause(stopping, app[COMMITS], wait_s)
+                await _pause(stopping, commits, wait_s, mark)
             if len(rows) < p.limit and rows:
                 await asyncio.sleep(0)  # let other requests run between full batches
             rows, wait_s = [], poll_s
             if not stopping.is_set():
+                mark = commits.generation if commits is not None else 0
                 try:
                     rows = await pool.fetch(q.EVENTS_AFTER, position, p.limit)
                 except DatabaseUnavailable as fault:  # as a poll that found nothing
@@ -105,13 +110,17 @@ async def stream_events(request: web.Request) -> web.StreamResponse:
     return response
 
 
-async def _pause(stopping: asyncio.Event, commits: CommitWaiter | None, wait_s: float) -> None:
-    """Until the app stops, a commit is announced, or `wait_s` passed (the polling fallback)."""
+async def _pause(
+    stopping: asyncio.Event, commits: CommitWaiter | None, wait_s: float, since: int
+) -> None:
+    """Until the app stops, a commit is announced after the read that found nothing (`since`),
+    or `wait_s` passed (the polling fallback)."""
     if commits is None:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stopping.wait(), wait_s)
         return
-    waiters = {asyncio.ensure_future(stopping.wait()), asyncio.ensure_future(commits.wait(wait_s))}
+    waiters = {asyncio.ensure_future(stopping.wait()),
+               asyncio.ensure_future(commits.wait(wait_s, since))}
     try:
         await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
     finally:

@@ -40,6 +40,8 @@ class CommitWakeups:
         self._signal = asyncio.Event()
         #: True while a LISTEN connection is open
         self.listening = False
+        #: commits announced so far: a reader notes it before it reads, and waits `since` it
+        self.generation = 0
         self.notifications = 0
         self.reconnects = 0
 
@@ -49,13 +51,18 @@ class CommitWakeups:
     def committed(self, *_: object) -> None:
         """A commit happened (a notification, or the writer's own listener in one process)."""
         self.notifications += 1
+        self.generation += 1
         for callback in self._subscribers:
             callback()
         signal, self._signal = self._signal, asyncio.Event()
         signal.set()
 
-    async def wait(self, timeout_s: float) -> bool:
-        """Until the next commit or `timeout_s`; True when a commit woke us."""
+    async def wait(self, timeout_s: float, since: int | None = None) -> bool:
+        """Until the next commit or `timeout_s`; True when a commit woke us. `since`: the
+        `generation` noted before the caller last read, so that a commit announced between
+        that read and this wait is not missed (it returns at once)."""
+        if since is not None and self.generation != since:
+            return True
         signal = self._signal
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(signal.wait(), timeout_s)

@@ -112,3 +112,14 @@ async def test_a_projector_in_another_process_role_follows_by_notify_or_by_polli
         await writer.put(message_event(f"conv-p{seq}", seq))
         await wait_until(lambda: projector.position >= writer.head > 0,
                          within_s=5)
+
+
+async def test_a_commit_between_a_read_and_the_wait_is_not_missed() -> None:
+    """A reader notes `generation` before it reads; a commit announced after that read but
+    before it waits makes the wait return at once instead of sleeping out its poll."""
+    wakeups = CommitWakeups(None, listen=False)
+    noted = wakeups.generation
+    wakeups.committed()  # announced while the reader was busy reading
+    assert await asyncio.wait_for(wakeups.wait(30, since=noted), 1)
+    noted = wakeups.generation
+    assert not await wakeups.wait(0.05, since=noted), "nothing new: it waits out the timeout"
