@@ -56,7 +56,7 @@ async def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
 async def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
     from recorder.daemon import run_daemon  # late: the daemon pulls in every component
 
-    return await run_daemon(settings, args.role)
+    return await run_daemon(settings, args.role, command=args.argv)
 
 
 async def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
@@ -222,6 +222,7 @@ def run_event_loop(work: Coroutine[Any, Any, int]) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # role processes get the same
     overrides = {
         "database_url": args.database_url,
         "state_dir": args.state_dir,

@@ -88,10 +88,14 @@ def runs_in_process(settings: Settings, role: str | None) -> bool:
     return role in ("ingest", "project") or (role == "serve" and settings.api_workers == 1)
 
 
-async def run_daemon(settings: Settings, role: str | None = None) -> int:
+async def run_daemon(
+    settings: Settings, role: str | None = None, command: Sequence[str] = ("run",)
+) -> int:
+    """`command`: this process's own arguments (`recorder` … `run` …), which role processes
+    are started with, so that they read the same configuration."""
     if runs_in_process(settings, role):
         return await run_in_process(settings, ROLES if role is None else (role,))
-    return await run_role_processes(settings, ROLES if role is None else (role,))
+    return await run_role_processes(settings, ROLES if role is None else (role,), command)
 
 
 async def run_in_process(settings: Settings, roles: Sequence[str]) -> int:
@@ -119,7 +123,9 @@ async def run_in_process(settings: Settings, roles: Sequence[str]) -> int:
         notifier.close()
 
 
-async def run_role_processes(settings: Settings, roles: Sequence[str]) -> int:
+async def run_role_processes(
+    settings: Settings, roles: Sequence[str], command: Sequence[str] = ("run",)
+) -> int:
     """The supervisor: check what a child could only fail on, then run the role processes."""
     notifier = Notifier()
     stop = asyncio.Event()
@@ -146,7 +152,8 @@ async def run_role_processes(settings: Settings, roles: Sequence[str]) -> int:
                 use_multiprocess_dir(str(metrics_dir))
                 processes = plan(roles, settings.api_workers)
                 supervisor = RoleSupervisor(
-                    processes, environ=child_environment(settings, target.dsn),
+                    processes, command=command,
+                    environ=child_environment(target.dsn if target.embedded else None),
                     notifier=notifier, state_dir=settings.state_dir, metrics=RoleMetrics(),
                 )
                 log.info("starting roles %s as processes; database %s",
@@ -159,17 +166,12 @@ async def run_role_processes(settings: Settings, roles: Sequence[str]) -> int:
         notifier.close()
 
 
-def child_environment(settings: Settings, dsn: str) -> dict[str, str]:
-    """What every role process is told: this environment, with the settings that came from
-    flags (not inherited by a child) and the database the supervisor opened."""
+def child_environment(embedded_dsn: str | None) -> dict[str, str]:
+    """What every role process inherits: this environment, plus the embedded database the
+    supervisor started. Settings from flags travel in the command line (`command`), never
+    secrets in the environment: a configured URL or its `_FILE` is read again by each role."""
     environ = dict(os.environ)
-    environ.update({
-        "RECORDER_DATABASE_URL": dsn,
-        "RECORDER_STATE_DIR": str(settings.state_dir),
-        "RECORDER_LOG_FORMAT": settings.log_format,
-        "RECORDER_LOG_LEVEL": settings.log_level.lower(),
-    })
-    environ.pop("RECORDER_DATABASE_URL_FILE", None)
-    if settings.config_file is not None:
-        environ["RECORDER_CONFIG"] = str(settings.config_file)
+    if embedded_dsn is not None:  # a local socket, no password
+        environ["RECORDER_DATABASE_URL"] = embedded_dsn
+        environ.pop("RECORDER_DATABASE_URL_FILE", None)
     return environ

@@ -3,8 +3,9 @@
 `recorder run` is the supervisor, which is what systemd sees. It opens the database (starting
 the embedded server when none is configured), then starts `project`, `ingest` and
 `RECORDER_API_WORKERS` times `serve` as child processes of the same program
-(`recorder run --role R`, told by `ROLE_PROCESS_ENV` that it is supervised). The roles meet
-only in PostgreSQL.
+(`recorder run` with the supervisor's own flags, its role in `RECORDER_RUN_ROLE`, told by
+`ROLE_PROCESS_ENV` that it is supervised; a configured database URL is read again by each
+role, never passed in its environment). The roles meet only in PostgreSQL.
 
 - **Readiness and health.** Each child speaks sd_notify to a socket of the supervisor's
   (`NOTIFY_SOCKET`, with its own `WATCHDOG_USEC`), exactly as it would to systemd when run
@@ -107,6 +108,7 @@ class RoleSupervisor:
         self,
         processes: list[RoleProcess],
         *,
+        command: Sequence[str] = ("run",),
         environ: dict[str, str],
         notifier: Notifier,
         state_dir: Path,
@@ -114,6 +116,7 @@ class RoleSupervisor:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.processes = processes
+        self._command = list(command)
         self._environ = environ
         self._notifier = notifier
         self._state_dir = state_dir
@@ -182,7 +185,7 @@ class RoleSupervisor:
         })
         env.pop("WATCHDOG_PID", None)
         process.process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "recorder", "run", env=env,
+            sys.executable, "-m", "recorder", *self._command, env=env,
             stdin=asyncio.subprocess.DEVNULL, preexec_fn=_child_setup,
         )
         now = self._clock()

@@ -68,6 +68,10 @@ def socket_inodes(pid: int) -> set[int]:
     return inodes
 
 
+def environ_of(pid: int) -> bytes:
+    return Path(f"/proc/{pid}/environ").read_bytes()
+
+
 def all_ready(state: Path, names: set[str]) -> bool:
     roles = by_name(state)
     return names <= roles.keys() and all(roles[n]["ready"] and roles[n]["running"]
@@ -270,3 +274,35 @@ async def test_the_serve_role_alone_runs_its_workers_on_one_port(
         if daemon.running:
             await daemon.terminate()
     assert "[serve.1]" in daemon.output() and "[serve.2]" in daemon.output()
+
+
+async def test_a_database_password_never_reaches_a_roles_environment(
+    database: DatabaseTarget, tmp_path: Path,
+) -> None:
+    """With RECORDER_DATABASE_URL_FILE (a systemd credential), each role reads the file
+    itself: the password is in no process's environment (readable in /proc)."""
+    password = "role-env-password-7d1e"  # trust auth ignores it; it only must not leak
+    url = database.dsn.replace("postgresql://postgres:", f"postgresql://postgres:{password}", 1)
+    if password not in url:  # a URL without the user:password form
+        url = database.dsn.replace("postgresql://", f"postgresql://postgres:{password}@", 1)
+    assert password in url
+    url_file = tmp_path / "database-url"
+    url_file.write_text(url)
+    state, port = tmp_path / "state", free_port()
+    async with Simulator(account=ACCOUNT, seed=144) as sim:
+        consumers = [sim.new_consumer()]
+        daemon = daemon_for(sim, consumers, database, tmp_path, port)
+        daemon._env.pop("RECORDER_DATABASE_URL")
+        daemon._env["RECORDER_DATABASE_URL_FILE"] = str(url_file)
+        await daemon.start()
+        try:
+            await poll(lambda: all_ready(state, {"ingest", "project", "serve"}),
+                       "the roles never got ready", within_s=60)
+            assert daemon.process is not None
+            for pid in [daemon.process.pid, *(r["pid"] for r in by_name(state).values())]:
+                assert password.encode() not in environ_of(pid), pid
+            assert await daemon.terminate() == 0, daemon.output()[-3000:]
+        finally:
+            if daemon.running:
+                await daemon.terminate()
+    assert password not in daemon.output()
