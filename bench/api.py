@@ -91,6 +91,7 @@ from roles import (
     ChildProcess,
     CpuWindow,
     LoopLag,
+    log_head,
     machine_busy_cpu_s,
     per_event_us,
     postmaster_pid,
@@ -497,12 +498,7 @@ async def measure_inprocess(target: DatabaseTarget, workload: Workload,
         await asyncio.gather(*tasks, return_exceptions=True)
         await pool.close()
 
-    if "error" in client_result:
-        raise CorrectnessError(f"client process failed: {client_result['error']}")
-    for name, figures in client_result.items():
-        if figures["failures"]:
-            raise CorrectnessError(f"{name}: {figures['failures']} bad answers, e.g. "
-                                   f"{figures['failure_examples']}")
+    check_client(client_result)
     stored = writer.stats.stored
     if writer.head != head + stored or writer.stats.quarantined:
         raise CorrectnessError(f"writer: head {writer.head} != {head} + {stored} stored, "
@@ -913,14 +909,6 @@ def layout_summary(layout: str, run: dict[str, Any], args: argparse.Namespace,
         "within_budget": within,
         "within_absolute_budget": absolute,
     }
-
-
-async def log_head(dsn: str) -> int:
-    connection = await asyncpg.connect(dsn)
-    try:
-        return int(await connection.fetchval("SELECT position FROM log_head WHERE id = 1"))
-    finally:
-        await connection.close()
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:

@@ -142,6 +142,7 @@ from roles import (
     CpuWindow,
     GcPauses,
     LoopLag,
+    log_head,
     per_event_us,
     pid_cpu_s,
     postgres_cpu_s,
@@ -1413,14 +1414,6 @@ async def phase_bare(
         f"{result['p50_append_ms']} ms, p99 {result['p99_append_ms']} ms); CPU per event (us) "
         f"{result['cpu_us_per_event']}")
     return result
-
-
-async def log_head(dsn: str) -> int:
-    connection = await asyncpg.connect(dsn)
-    try:
-        return int(await connection.fetchval("SELECT position FROM log_head WHERE id = 1"))
-    finally:
-        await connection.close()
 
 
 async def phase_copy(

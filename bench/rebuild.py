@@ -43,7 +43,6 @@ import asyncio
 import cProfile
 import inspect
 import io
-import os
 import pstats
 import sys
 import time
@@ -67,6 +66,7 @@ from append import (
     say,
     server_settings,
 )
+from roles import postgres_cpu_s, postmaster_pid, process_cpu_s
 
 from recorder.db.target import DatabaseTarget
 from recorder.projection import PROJECTION_NAME
@@ -75,7 +75,6 @@ from recorder.projection.projector import Projector
 from recorder.projection.rebuild import rebuild
 
 BUDGET_EVENTS_PER_S = 100_000
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 PROJECTION_TABLES = ("conversations", "dialogs", "participants", "messages", "receipts")
 REBUILD_PARAMETERS = inspect.signature(rebuild).parameters
 DEFAULT_BATCH_SIZE: int = REBUILD_PARAMETERS["batch_size"].default
@@ -84,44 +83,7 @@ DEFAULT_MAX_CONVERSATIONS: int | None = getattr(
     REBUILD_PARAMETERS.get("max_conversations"), "default", None)
 
 
-# -- CPU and memory from /proc -------------------------------------------------------------------
-
-
-def _cpu_ticks(pid: int | str, *, reaped: bool = False) -> int:
-    with open(f"/proc/{pid}/stat") as stat:
-        fields = stat.read().rsplit(")", 1)[1].split()
-    ticks = int(fields[11]) + int(fields[12])
-    return ticks + int(fields[13]) + int(fields[14]) if reaped else ticks
-
-
-def _parent_pid(pid: int | str) -> int:
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith("PPid:"):
-                return int(line.split()[1])
-    return 0
-
-
-def process_cpu_s() -> float:
-    return _cpu_ticks("self") / CLOCK_TICKS
-
-
-def postgres_cpu_s(postmaster: int | None) -> float:
-    """CPU seconds of the server: its postmaster, its children running and reaped."""
-    if postmaster is None:
-        return 0.0
-    ticks = 0
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            if int(entry) == postmaster:
-                ticks += _cpu_ticks(entry, reaped=True)
-            elif _parent_pid(entry) == postmaster:
-                ticks += _cpu_ticks(entry)
-        except OSError:
-            continue
-    return ticks / CLOCK_TICKS
+# -- memory from /proc (CPU: bench/roles.py) ----------------------------------------------------
 
 
 def rss_mb(field: str) -> float:
@@ -139,16 +101,6 @@ def reset_peak_rss() -> bool:
         return True
     except OSError:
         return False
-
-
-async def postmaster_pid(dsn: str) -> int | None:
-    connection = await asyncpg.connect(dsn)
-    try:
-        return _parent_pid(await connection.fetchval("SELECT pg_backend_pid()"))
-    except OSError:
-        return None  # a remote server
-    finally:
-        await connection.close()
 
 
 # -- the log -------------------------------------------------------------------------------------

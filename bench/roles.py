@@ -73,6 +73,15 @@ async def postmaster_pid(dsn: str) -> int | None:
         await connection.close()
 
 
+async def log_head(dsn: str) -> int:
+    """The log's head, read on a connection of its own."""
+    connection = await asyncpg.connect(dsn)
+    try:
+        return int(await connection.fetchval("SELECT position FROM log_head WHERE id = 1"))
+    finally:
+        await connection.close()
+
+
 def postgres_cpu_s(postmaster: int | None) -> float:
     """CPU seconds of the server under test: its postmaster, its running children, and the
     children that ended (the postmaster reaps its backends, so their time is in its cutime).

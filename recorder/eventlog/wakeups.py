@@ -42,7 +42,6 @@ class CommitWakeups:
         self.listening = False
         #: commits announced so far: a reader notes it before it reads, and waits `since` it
         self.generation = 0
-        self.notifications = 0
         self.reconnects = 0
 
     def subscribe(self, callback: Callable[[], None]) -> None:
@@ -50,7 +49,6 @@ class CommitWakeups:
 
     def committed(self, *_: object) -> None:
         """A commit happened (a notification, or the writer's own listener in one process)."""
-        self.notifications += 1
         self.generation += 1
         for callback in self._subscribers:
             callback()

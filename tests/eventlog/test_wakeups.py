@@ -53,18 +53,18 @@ async def test_a_notification_outside_a_commit_is_not_sent(
     wakeups = CommitWakeups(database, listen=True)
     async with started(wakeups):
         await listening(wakeups)
-        seen = wakeups.notifications
+        seen = wakeups.generation
         async with db.transaction():
             await db.execute("SELECT pg_notify('recorder_log', '1')")
             await db.execute("SELECT 1")
-        await wait_until(lambda: wakeups.notifications > seen)
-        seen = wakeups.notifications
+        await wait_until(lambda: wakeups.generation > seen)
+        seen = wakeups.generation
         tx = db.transaction()
         await tx.start()
         await db.execute("SELECT pg_notify('recorder_log', '2')")
         await tx.rollback()
         await asyncio.sleep(0.5)
-        assert wakeups.notifications == seen, "a rolled-back batch woke the readers"
+        assert wakeups.generation == seen, "a rolled-back batch woke the readers"
 
 
 async def test_a_lost_listening_connection_is_reopened(
@@ -78,9 +78,9 @@ async def test_a_lost_listening_connection_is_reopened(
             "WHERE query LIKE 'LISTEN%' AND pid <> pg_backend_pid()")
         await wait_until(lambda: wakeups.reconnects >= 1 and wakeups.listening,
                          within_s=20)
-        seen = wakeups.notifications
+        seen = wakeups.generation
         await db.execute("SELECT pg_notify('recorder_log', '3')")
-        await wait_until(lambda: wakeups.notifications > seen)
+        await wait_until(lambda: wakeups.generation > seen)
 
 
 async def test_without_listen_nothing_is_heard_and_wait_times_out(
@@ -90,7 +90,7 @@ async def test_without_listen_nothing_is_heard_and_wait_times_out(
     async with started(wakeups):
         await db.execute("SELECT pg_notify('recorder_log', '4')")
         assert not await wakeups.wait(0.3)
-        assert wakeups.notifications == 0 and not wakeups.listening
+        assert wakeups.generation == 0 and not wakeups.listening
 
 
 @pytest.mark.parametrize(("listen", "poll_s"), [(True, 30.0), (False, 0.05)])
