@@ -64,7 +64,7 @@ import pyarrow.parquet as pq
 
 # bench/ is not a package: reuse append.py's and api.py's workload, database rule and helpers.
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from api import load_log, machine_busy_cpu_s, process_cpu_s
+from api import load_log
 from append import (
     CorrectnessError,
     Workload,
@@ -73,6 +73,7 @@ from append import (
     say,
     server_settings,
 )
+from roles import machine_busy_cpu_s, process_cpu_s
 
 from recorder.db.target import DatabaseTarget
 from recorder.exports import sources

@@ -203,6 +203,24 @@ ON CONFLICT (dialog_id, sequence, participant_id, status) DO UPDATE SET
 WHERE EXCLUDED.position < r.position
 """
 
+# -- statistics ----------------------------------------------------------------------------------
+
+# Projection tables whose rows changed since their statistics were taken by more than they
+# held then (at least $2 rows): a table that grew from nothing before autovacuum's first
+# ANALYZE plans `conversation_id = ANY(…)` on participants and dialogs as a full scan.
+STALE_STATISTICS = """
+SELECT s.relname
+FROM pg_stat_user_tables s JOIN pg_class c ON c.oid = s.relid
+WHERE s.schemaname = current_schema() AND s.relname = ANY($1::text[])
+  AND s.n_mod_since_analyze > greatest($2, c.reltuples)
+ORDER BY s.relname
+"""
+
+
+def analyze(table: str) -> str:
+    return f"ANALYZE {ident(table)}"
+
+
 # -- locks ---------------------------------------------------------------------------------------
 
 TRY_XACT_LOCK = "SELECT pg_try_advisory_xact_lock($1)"

@@ -154,3 +154,41 @@ async def test_stop_catches_up_with_what_was_committed(database: DatabaseTarget,
         stop.set()  # no wake-up, a long poll: only the final pass can pick these up
     assert projector.position == 50 and await saved_position(db) == 50
     assert await db.fetchval("SELECT count(*) FROM messages") == 50
+
+
+async def test_refreshes_the_statistics_of_tables_that_outgrew_them(
+        database: DatabaseTarget, db: asyncpg.Connection) -> None:
+    """A projection growing from empty is ANALYZEd by the projector, not left to the planner's
+    defaults until autovacuum's first pass; a table that did not grow is left alone."""
+    for table in ("conversations", "dialogs", "participants", "messages", "receipts"):
+        await db.execute(f"ANALYZE {table}")
+    await append_changes(database, [upsert(f"s{i}", 1000, agents=["a1"]) for i in range(800)])
+    projector = Projector(database, statistics_check_s=3600.0)
+    connection = await projector._leader.acquire(asyncio.Event())
+    assert connection is not None
+    try:
+        while await projector.step(connection):
+            pass
+        refreshed: list[str] = []
+
+        async def outgrown() -> bool:  # the backends' counters reach pg_stat within ~1 s
+            refreshed.extend(await projector.refresh_statistics(connection))
+            return "participants" in refreshed
+
+        deadline = asyncio.get_running_loop().time() + 15
+        while not await outgrown():
+            assert asyncio.get_running_loop().time() < deadline, refreshed
+            await asyncio.sleep(0.2)
+        # 800 conversations and dialogs (below the 1,000 changed rows left to autovacuum),
+        # 1,600 participants; messages and receipts did not change.
+        assert refreshed == ["participants"]
+        assert projector.stats.analyzed == len(refreshed)
+        analyzed = await db.fetchval(
+            "SELECT last_analyze IS NOT NULL FROM pg_stat_user_tables "
+            "WHERE relname = 'participants' AND schemaname = current_schema()")
+        assert analyzed
+        assert await db.fetchval(
+            "SELECT reltuples FROM pg_class WHERE oid = 'participants'::regclass") == 1600
+        assert await projector.refresh_statistics(connection) == []  # up to date now
+    finally:
+        await projector._leader.close()
