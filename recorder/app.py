@@ -59,6 +59,7 @@ class App:
     cursors: CursorStore | None = None
     clients: list[ConsumerClient] = dataclasses.field(default_factory=list)
     sinks: list[RecordingSink] = dataclasses.field(default_factory=list)
+    subscribers: list[Subscriber] = dataclasses.field(default_factory=list)
     exports: ExportScheduler | None = None
 
     async def run(self, stop: asyncio.Event) -> int:
@@ -148,7 +149,7 @@ async def build_app(
                 metrics.watch_exports(job.name for job in settings.exports)
                 supervisor.add("exports", app.exports.run, drain_s=60)
             if app.writer is not None:
-                metrics.attach_writer(app.writer, app.clients)
+                metrics.attach_writer(app.writer, app.clients, app.subscribers)
             if app.projector is not None:
                 metrics.attach_projector(app.projector)
             if not serve:
@@ -195,7 +196,7 @@ async def _add_identities(
     account: str, client_settings: ClientSettings | None,
 ) -> None:
     assert app.writer is not None and app.ledger is not None
-    app.cursors = await load_cursors(pool)
+    app.cursors = await load_cursors(pool, settings.closed_grace_s)
     app.writer.add_listener(app.cursors.committed)
     discovery = Discovery(settings.csds_url, account, http)
     ums_url: Callable[[], Awaitable[str]] = discovery.ums_url
@@ -207,7 +208,8 @@ async def _add_identities(
 
         ums_url = configured_ums_url
     for identity in settings.identities():
-        subscriber = Subscriber(app.cursors, client_settings)
+        subscriber = Subscriber(app.cursors, client_settings,
+                                closed_grace_s=settings.closed_grace_s)
         sink = RecordingSink(app.writer, account, follower=subscriber)
         client = ConsumerClient(
             account=account,
@@ -223,3 +225,4 @@ async def _add_identities(
                            group="identities")
         app.clients.append(client)
         app.sinks.append(sink)
+        app.subscribers.append(subscriber)

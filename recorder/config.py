@@ -73,6 +73,7 @@ class Settings:
     writer_batch_wait_ms: float = 2.0
     api_workers: int = 1
     listen_notify: bool = True
+    closed_grace_s: float = 3600.0
 
     @property
     def api_host_port(self) -> tuple[str, int]:
@@ -253,6 +254,7 @@ class SettingSpec:
 #: Bounds of the numeric settings. Past them a value is a typo: a million queued events is
 #: about a gigabyte of memory, and a batch window over a second is latency nobody wants.
 QUEUE_SIZE_MAX = 1_000_000
+CLOSED_GRACE_S_MAX = 7 * 24 * 3600
 WRITER_BATCH_SIZE_MAX = 100_000
 WRITER_BATCH_WAIT_MS_MAX = 1_000
 API_WORKERS_MAX = 64
@@ -339,6 +341,12 @@ SETTINGS: tuple[SettingSpec, ...] = (
         "wake the projector and the change feed by `LISTEN/NOTIFY`; `false` behind a "
         "transaction-pooling PgBouncer (they poll instead)",
         "`true` or `false`", "`true`",
+    ),
+    SettingSpec(
+        "closed_grace_s", "RECORDER_CLOSED_GRACE_S", _number(0, CLOSED_GRACE_S_MAX),
+        "how long the dialogs of a closed conversation stay subscribed (late receipts, survey "
+        "answers) before they are let go of and not resubscribed on reconnect",
+        f"0 to {CLOSED_GRACE_S_MAX:,} (seconds)", "`3600`",
     ),
 )
 

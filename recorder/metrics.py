@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import itertools
 import os
 import time
 from collections.abc import Iterable, Mapping
@@ -43,6 +44,7 @@ if TYPE_CHECKING:
     from recorder.eventlog.writer import EventWriter
     from recorder.projection.projector import Projector
     from recorder.ums.client import ConsumerClient
+    from recorder.ums.subscriptions import Subscriber
 
 __all__ = ["Metrics", "RoleMetrics", "use_multiprocess_dir"]
 
@@ -131,6 +133,17 @@ class Metrics:
             "1 while the identity has an open websocket session, else 0.",
             ["identity"], registry=r, multiprocess_mode="livemax",
         )
+        self.followed_dialogs = Gauge(
+            "recorder_identity_followed_dialogs",
+            "Dialogs the identity keeps subscribed: those of open conversations and of "
+            "conversations closed within RECORDER_CLOSED_GRACE_S.",
+            ["identity"], registry=r, multiprocess_mode="livemax",
+        )
+        self.released_dialogs = Counter(
+            "recorder_released_dialogs",
+            "Dialogs let go of after their conversation stayed closed past the grace window.",
+            ["identity"], registry=r,
+        )
         self.last_export = Gauge(
             "recorder_last_export_timestamp_seconds",
             "Unix time of the last successful export (0: none yet).", registry=r,
@@ -155,6 +168,8 @@ class Metrics:
         #: per client (by position in _clients): closes and 429s already counted
         self._closes_counted: list[int] = []
         self._rate_limited_counted: list[int] = []
+        self._subscribers: list[Subscriber | None] = []
+        self._released_counted: list[int] = []
 
     # -- wiring --------------------------------------------------------------------------------
 
@@ -170,23 +185,34 @@ class Metrics:
         self.attach_writer(writer, clients)
         self.attach_projector(projector)
 
-    def attach_writer(self, writer: EventWriter, clients: Iterable[ConsumerClient]) -> None:
-        """The ingest role: listen to the writer's commits, sample the clients."""
+    def attach_writer(
+        self, writer: EventWriter, clients: Iterable[ConsumerClient],
+        subscribers: Iterable[Subscriber | None] = (),
+    ) -> None:
+        """The ingest role: listen to the writer's commits, sample the clients (and each
+        one's subscriber, by position)."""
         writer.add_listener(self.observe_commit)
         self._writer = writer
-        for client in clients:
-            self.watch_client(client)
+        for client, subscriber in itertools.zip_longest(clients, subscribers):
+            if client is not None:
+                self.watch_client(client, subscriber)
 
     def attach_projector(self, projector: Projector) -> None:
         """The project role: sample the projector's position and lag."""
         self._projector = projector
 
-    def watch_client(self, client: ConsumerClient) -> None:
-        """Sample this client's connection state, closes and 429 answers at render time."""
+    def watch_client(self, client: ConsumerClient, subscriber: Subscriber | None = None) -> None:
+        """Sample this client's connection state, closes and 429 answers, and its subscriber's
+        followed and released dialogs, at render time."""
         self._clients.append(client)
         self._closes_counted.append(0)
         self._rate_limited_counted.append(0)
+        self._subscribers.append(subscriber)
+        self._released_counted.append(0)
         self.identity_connected.labels(identity=client.name).set(0)
+        if subscriber is not None:
+            self.followed_dialogs.labels(identity=client.name).set(0)
+            self.released_dialogs.labels(identity=client.name)
 
     # -- inputs --------------------------------------------------------------------------------
 
@@ -258,6 +284,13 @@ class Metrics:
             if new_429s > 0:
                 self.rate_limited.inc(new_429s)
             self._rate_limited_counted[index] = client.rate_limited
+            subscriber = self._subscribers[index]
+            if subscriber is not None:
+                self.followed_dialogs.labels(identity=client.name).set(len(subscriber.dialogs))
+                released = subscriber.released - self._released_counted[index]
+                if released > 0:
+                    self.released_dialogs.labels(identity=client.name).inc(released)
+                self._released_counted[index] = subscriber.released
 
     async def run(self, stop: asyncio.Event) -> None:
         """Roles in processes: sample this process's live objects into the shared files."""

@@ -201,3 +201,25 @@ async def test_daemon_metrics_against_the_simulator(
         assert token not in text
         assert token.split(".")[1] not in text  # not even the claims part of the JWT
         assert sub not in text
+
+
+async def test_followed_and_released_dialogs_per_identity(http: aiohttp.ClientSession) -> None:
+    async def ums_url() -> str:
+        return "ws://127.0.0.1:1"
+
+    subscriber = Subscriber(MemorySink(), FAST)
+    client = ConsumerClient(
+        account=ACCOUNT, tokens=StaticTokenSource("c1", "not-a-jwt"), ums_url=ums_url,
+        session=http, handler=MemorySink(), sessions=subscriber, settings=FAST,
+    )
+    metrics = Metrics()
+    metrics.watch_client(client, subscriber)
+    assert value(metrics, "recorder_identity_followed_dialogs", identity="c1") == 0
+    assert value(metrics, "recorder_released_dialogs_total", identity="c1") == 0
+    subscriber.dialogs.update({"d1": "c", "d2": "c", "d3": "e"})
+    subscriber.released = 4
+    assert value(metrics, "recorder_identity_followed_dialogs", identity="c1") == 3
+    assert value(metrics, "recorder_released_dialogs_total", identity="c1") == 4
+    del subscriber.dialogs["d3"]
+    assert value(metrics, "recorder_identity_followed_dialogs", identity="c1") == 2
+    assert value(metrics, "recorder_released_dialogs_total", identity="c1") == 4, "counted once"

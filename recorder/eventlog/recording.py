@@ -24,8 +24,7 @@ the subscriber reads it directly (CursorStore is its `Cursors`).
 from __future__ import annotations
 
 import dataclasses
-import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any, NamedTuple, Protocol
 
 import asyncpg
@@ -40,16 +39,37 @@ from recorder.ums.connection import UmsConnection
 from recorder.ums.frames import MalformedFrame, Notification
 from recorder.ums.payload import dialog_ids, read_conversation_change, read_messaging_change
 
-#: Dialogs active this recently are resubscribed at start even if no snapshot names them.
-RECENT_DIALOG_SECONDS = 24 * 3600
+#: Dialogs with events stored this recently are resubscribed at start even if no snapshot
+#: names them (`recorder run` passes RECORDER_CLOSED_GRACE_S).
+RECENT_DIALOG_SECONDS = 3600.0
+
+
+class Learned(NamedTuple):
+    """What an UPSERT tells the subscriber (recorder.ums.subscriptions.Subscriber.follow)."""
+
+    conversation_id: str
+    dialog_ids: list[str]
+    #: the conversation's stage is closed (or, without a stage, its state)
+    closed: bool
+    #: its metadata time, epoch ms
+    updated_ms: int | None
 
 
 class Recorded(NamedTuple):
     """What one pass over a notification yields."""
 
     records: list[EventRecord]
-    #: (conversation id, dialog ids) of each UPSERT, in order: for dialog discovery
-    dialogs: list[tuple[str, list[str]]]
+    #: what each UPSERT names, in order: for dialog discovery
+    dialogs: list[Learned]
+
+
+def is_closed(details: Any) -> bool:
+    """The conversation container is closed: `stage` CLOSE, or `state` CLOSE without a stage.
+    The MAIN dialog closes (`state`) before a post-conversation survey is answered."""
+    if not isinstance(details, dict):
+        return False
+    stage = details.get("stage")
+    return (stage if stage is not None else details.get("state")) == "CLOSE"
 
 
 def record_notification(
@@ -68,7 +88,7 @@ def record_notification(
     canonical text is that encoding too, so no change is encoded twice.
     """
     records: list[EventRecord] = []
-    learned: list[tuple[str, list[str]]] = []
+    learned: list[Learned] = []
     frame_type = notification.type
     if frames.is_conversation_notification(notification):
         for change in notification.changes:
@@ -82,7 +102,8 @@ def record_notification(
                 key = dedupe_digest("conversation-content", canonical)
                 payload = canonical.decode()
             if change_type == "UPSERT" and conversation_id:
-                learned.append((conversation_id, dialog_ids(details)))
+                learned.append(Learned(conversation_id, dialog_ids(details),
+                                       is_closed(details), updated_ms))
             records.append(EventRecord(
                 received_at=received_at, account_id=account_id, consumer_id=consumer_id,
                 session_id=session_id, kind="conversation", type=frame_type,
@@ -132,7 +153,8 @@ class DialogFollower(Protocol):
     """Told the dialogs each UPSERT names (recorder.ums.subscriptions.Subscriber.follow)."""
 
     def follow(
-        self, connection: UmsConnection, conversation_id: str, dialog_ids: Sequence[str]
+        self, connection: UmsConnection, conversation_id: str, dialog_ids: Sequence[str], *,
+        closed: bool = False, updated_ms: int | None = None,
     ) -> None: ...
 
 
@@ -145,31 +167,53 @@ class IdentityStats:
 
 
 class CursorStore:
-    """Last stored sequence per dialog, and which consumer's dialog it is."""
+    """Last stored sequence per followed dialog, and which consumer's dialog it is.
+
+    Loaded at start for the dialogs worth resuming: those of conversations the projection
+    shows open, and those with events stored within `recent_s` (a projection that lags or is
+    absent only makes the second set matter). The subscriber `forget`s the dialogs of
+    conversations it let go of, so memory follows what is open, not the log's history."""
 
     def __init__(self) -> None:
         self.sequences: dict[str, int] = {}
         self.dialogs: dict[str, tuple[str | None, str]] = {}  # dialog -> (conversation, consumer)
-        self._recent: set[str] = set()
+        self._last_metadata_ms: dict[str, int] = {}
+        self._not_open: set[str] = set()  # loaded conversations the projection showed closed
 
-    async def load(self, pool: Any) -> None:
-        now = time.time()
-        for row in await pool.fetch(sql.LOAD_CURSORS):
+    async def load(self, pool: Any, recent_s: float = RECENT_DIALOG_SECONDS) -> None:
+        for row in await pool.fetch(sql.LOAD_CURSORS, recent_s):
             self.sequences[row["dialog_id"]] = row["last_sequence"]
             self.dialogs[row["dialog_id"]] = (row["conversation_id"], row["consumer_id"])
-            if now - row["updated_at"].timestamp() < RECENT_DIALOG_SECONDS:
-                self._recent.add(row["dialog_id"])
+            if not row["open"] and row["conversation_id"]:
+                self._not_open.add(row["conversation_id"])
+        for row in await pool.fetch(sql.LAST_METADATA_MS):
+            self._last_metadata_ms[row["consumer_id"]] = row["last_ms"]
 
     def cursor(self, dialog_id: str) -> int | None:
         return self.sequences.get(dialog_id)
 
     def known_dialogs(self, consumer_id: str) -> dict[str, str]:
-        """Recently active dialogs of a consumer, dialog id -> conversation id."""
+        """The loaded dialogs of a consumer, dialog id -> conversation id."""
         return {
             dialog: conversation
             for dialog, (conversation, consumer) in self.dialogs.items()
-            if consumer == consumer_id and conversation and dialog in self._recent
+            if consumer == consumer_id and conversation
         }
+
+    def closed_conversations(self, consumer_id: str) -> set[str]:
+        """Loaded conversations of a consumer that the projection did not show open."""
+        return {conversation for conversation in self.known_dialogs(consumer_id).values()
+                if conversation in self._not_open}
+
+    def last_metadata_ms(self, consumer_id: str) -> int | None:
+        return self._last_metadata_ms.get(consumer_id)
+
+    def forget(self, dialog_ids: Iterable[str]) -> None:
+        for dialog_id in dialog_ids:
+            self.sequences.pop(dialog_id, None)
+            found = self.dialogs.pop(dialog_id, None)
+            if found is not None and found[0] is not None:
+                self._not_open.discard(found[0])
 
     def committed(self, result: AppendResult) -> None:
         """Writer listener: follow what the log now holds (duplicates were stored before)."""
@@ -208,8 +252,9 @@ class RecordingSink:
         for record in records:
             await self._writer.put(record)  # blocks while the queue is full: backpressure
         self.stats.events += len(records)
-        for conversation_id, named_dialogs in learned:
-            self._follower.follow(connection, conversation_id, named_dialogs)
+        for found in learned:
+            self._follower.follow(connection, found.conversation_id, found.dialog_ids,
+                                  closed=found.closed, updated_ms=found.updated_ms)
 
     async def on_malformed(
         self, connection: UmsConnection, error: MalformedFrame, received_at: float
@@ -239,7 +284,7 @@ class RecordingSink:
         self.stats.events += 1
 
 
-async def load_cursors(pool: asyncpg.Pool) -> CursorStore:
+async def load_cursors(pool: asyncpg.Pool, recent_s: float = RECENT_DIALOG_SECONDS) -> CursorStore:
     store = CursorStore()
-    await store.load(pool)
+    await store.load(pool, recent_s)
     return store

@@ -135,9 +135,28 @@ SET last_sequence = GREATEST(dialog_cursors.last_sequence, EXCLUDED.last_sequenc
     updated_at = now()
 """
 
+# The dialogs worth resuming at start: of a conversation the projection shows open, or with
+# events stored within the last $1 seconds (which covers what the projection has not caught
+# up with). Read only, and only at start: no index on updated_at taxes the writer for it.
 LOAD_CURSORS = """
-SELECT dialog_id, conversation_id, consumer_id, last_sequence, updated_at
-FROM dialog_cursors
+WITH open AS (
+    SELECT conversation_id FROM conversations WHERE state = 'OPEN' OR stage = 'OPEN'
+)
+SELECT d.dialog_id, d.conversation_id, d.consumer_id, d.last_sequence,
+       d.conversation_id IN (SELECT conversation_id FROM open) AS open
+FROM dialog_cursors d
+WHERE d.updated_at > now() - make_interval(secs => $1)
+   OR d.conversation_id IN (SELECT conversation_id FROM open)
+"""
+
+# The newest conversation metadata time (epoch ms) the projection holds per consumer: the
+# lower bound of the next ExConversations snapshot, less a margin. A lagging projection gives
+# an older time, so a wider snapshot, never a narrower one.
+LAST_METADATA_MS = """
+SELECT consumer_id, max(meta_data_last_update_ts) AS last_ms
+FROM conversations
+WHERE meta_data_last_update_ts IS NOT NULL
+GROUP BY consumer_id
 """
 
 # -- health of the log, for `recorder status` (read only) ----------------------------------------

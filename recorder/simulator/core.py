@@ -302,6 +302,10 @@ class Simulator:
         connections = list(self.server.hub.connections.values())
         await asyncio.gather(*(c.close(code, reason) for c in connections))
 
+    def advance_clock(self, ms: int) -> None:
+        """Let `ms` milliseconds pass on the virtual clock (`clock_start_ms`)."""
+        self.clock.advance(ms)
+
     def drop_connections(self) -> None:
         """End every open socket abruptly, without a close frame."""
         for conn in list(self.server.hub.connections.values()):

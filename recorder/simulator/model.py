@@ -60,6 +60,15 @@ class Clock:
     def peek_ms(self) -> int:
         return self._last if self.virtual else max(int(time.time() * 1000), self._last)
 
+    def advance(self, ms: int) -> None:
+        """Move a virtual clock forward (time passing between test steps); a real clock
+        cannot be moved."""
+        if not self.virtual:
+            raise ValueError("only a virtual clock (clock_start_ms) can be advanced")
+        if ms < 0:
+            raise ValueError("a clock only moves forward")
+        self._last += ms
+
 
 def new_uuid(rng: random.Random) -> str:
     """A version-4 UUID drawn from a seeded generator (never from the global one)."""

@@ -86,10 +86,14 @@ class World:
             raise SimulatorError(f"unknown dialog {dialog_id!r}") from None
 
     def open_conversation(self, consumer: str) -> Conversation | None:
-        for conv_id in self.by_consumer.get(consumer, []):
-            conv = self.conversations[conv_id]
-            if conv.state == OPEN:
-                return conv
+        # At most one is open per consumer, the newest: a conversation never reopens, and a
+        # new one is refused while another is open. Not a scan: identities with long
+        # histories (tens of thousands of conversations) are part of what is simulated.
+        conversations = self.by_consumer.get(consumer)
+        if conversations:
+            newest = self.conversations[conversations[-1]]
+            if newest.state == OPEN:
+                return newest
         return None
 
     def next_agent(self) -> str:

@@ -88,13 +88,20 @@ def test_upserts_name_their_dialogs_in_the_same_pass() -> None:
     (change,) = survey.changes
     conversation = change["result"]["convId"]
     listed = [d["dialogId"] for d in change["result"]["conversationDetails"]["dialogs"]]
-    assert recorded(survey).dialogs == [(conversation, listed)]
+    details = change["result"]["conversationDetails"]
+    assert details["state"] == "CLOSE" and details["stage"] == "OPEN"
+    assert recorded(survey).dialogs == [
+        (conversation, listed, False, details["metaDataLastUpdateTs"])
+    ], "the MAIN dialog closed, the survey is open: the conversation is not closed yet"
     assert len(listed) == 2 and conversation in listed
     for name in NOTIFICATION_EXAMPLES:
         notification = example(name)
         expected = [
             (payload.change_conversation_id(c),
-             [d.dialog_id for d in payload.dialogs(c["result"].get("conversationDetails"))])
+             [d.dialog_id for d in payload.dialogs(c["result"].get("conversationDetails"))],
+             c["result"]["conversationDetails"].get(
+                 "stage", c["result"]["conversationDetails"].get("state")) == "CLOSE",
+             payload.server_timestamp_ms(c))
             for c in notification.changes
             if frames.is_conversation_notification(notification) and c.get("type") == "UPSERT"
             and payload.change_conversation_id(c)
@@ -126,12 +133,13 @@ class Followed:
     """A DialogFollower that writes down what it was told."""
 
     def __init__(self, writer: EventWriter | None = None) -> None:
-        self.calls: list[tuple[Any, str, list[str]]] = []
+        self.calls: list[tuple[Any, str, list[str], bool, int | None]] = []
         self._writer = writer
         self.rows_queued_before: list[int] = []
 
-    def follow(self, connection: Any, conversation_id: str, dialog_ids: Sequence[str]) -> None:
-        self.calls.append((connection, conversation_id, list(dialog_ids)))
+    def follow(self, connection: Any, conversation_id: str, dialog_ids: Sequence[str], *,
+               closed: bool = False, updated_ms: int | None = None) -> None:
+        self.calls.append((connection, conversation_id, list(dialog_ids), closed, updated_ms))
         if self._writer is not None:
             self.rows_queued_before.append(self._writer.queue.qsize() + self._writer.head)
 
@@ -148,8 +156,8 @@ async def test_the_sink_queues_the_rows_then_hands_on_the_dialogs(
         await sink.on_notification(connection, survey, 1.0)
         await asyncio.wait_for(writer.wait_for_head(1), 30)
     assert followed.rows_queued_before == [1], "the row is queued before the dialogs go on"
-    ((seen_on, conversation, dialog_ids),) = followed.calls
-    assert seen_on is connection and (conversation, dialog_ids) == recorded(survey).dialogs[0]
+    ((seen_on, *told),) = followed.calls
+    assert seen_on is connection and tuple(told) == recorded(survey).dialogs[0]
     assert sink.stats.frames == 1 and sink.stats.events == 1
 
 
@@ -190,6 +198,47 @@ async def test_cursors_move_only_with_committed_events(
         await pool.close()
     assert reloaded.cursor("d1") == 1
     assert reloaded.known_dialogs("consumer-1") == {"d1": "c1"}
+
+
+async def test_the_cursor_store_loads_only_what_is_worth_resuming(
+    database: DatabaseTarget, db: asyncpg.Connection
+) -> None:
+    """At start: the dialogs of conversations the projection shows open (however old their
+    cursor), and those stored to lately; not the closed history. The newest metadata time per
+    consumer comes along, for the snapshot's lower bound."""
+    await db.execute("""
+        INSERT INTO dialog_cursors (dialog_id, conversation_id, consumer_id, last_sequence,
+                                    updated_at)
+        VALUES ('d-open', 'c-open', 'consumer-1', 5, now() - interval '3 days'),
+               ('d-survey', 'c-survey', 'consumer-1', 2, now() - interval '3 days'),
+               ('d-recent', 'c-recent', 'consumer-1', 7, now() - interval '10 minutes'),
+               ('d-old', 'c-old', 'consumer-1', 9, now() - interval '3 days'),
+               ('d-other', 'c-other', 'consumer-2', 1, now())
+    """)
+    await db.execute("""
+        INSERT INTO conversations (conversation_id, consumer_id, state, stage,
+                                   meta_data_last_update_ts, first_position, last_position)
+        VALUES ('c-open', 'consumer-1', 'OPEN', 'OPEN', 1000, 1, 1),
+               ('c-survey', 'consumer-1', 'CLOSE', 'OPEN', 3000, 2, 2),
+               ('c-old', 'consumer-1', 'CLOSE', 'CLOSE', 2000, 3, 3),
+               ('c-other', 'consumer-2', 'OPEN', 'OPEN', 500, 4, 4)
+    """)
+    pool = await asyncpg.create_pool(database.dsn, min_size=1, max_size=1)
+    try:
+        store = await load_cursors(pool, recent_s=3600)
+    finally:
+        await pool.close()
+    assert store.known_dialogs("consumer-1") == {
+        "d-open": "c-open", "d-survey": "c-survey", "d-recent": "c-recent"}
+    assert store.cursor("d-open") == 5 and store.cursor("d-old") is None
+    assert store.closed_conversations("consumer-1") == {"c-recent"}, (
+        "recent, and not shown open (the projection has not seen it): its grace starts now")
+    assert store.last_metadata_ms("consumer-1") == 3000
+    assert store.last_metadata_ms("consumer-2") == 500
+    assert store.last_metadata_ms("consumer-3") is None
+    store.forget(["d-recent", "d-open"])
+    assert store.known_dialogs("consumer-1") == {"d-survey": "c-survey"}
+    assert store.cursor("d-open") is None and store.closed_conversations("consumer-1") == set()
 
 
 async def test_malformed_and_other_frames_are_kept(

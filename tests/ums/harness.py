@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
 import aiohttp
@@ -101,6 +101,15 @@ class MemorySink:
 
     def known_dialogs(self, consumer_id: str) -> dict[str, str]:
         return {}
+
+    def closed_conversations(self, consumer_id: str) -> set[str]:
+        return set()
+
+    def last_metadata_ms(self, consumer_id: str) -> int | None:
+        return None
+
+    def forget(self, dialog_ids: Iterable[str]) -> None:
+        pass
 
     def cursor(self, dialog_id: str) -> int | None:
         sequences = [seq for (dialog, seq) in self.events if dialog == dialog_id]

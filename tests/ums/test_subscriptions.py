@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
 import aiohttp
@@ -24,7 +24,7 @@ from recorder.ums import frames
 from recorder.ums.client import ClientSettings, ConsumerClient
 from recorder.ums.connection import UmsConnection
 from recorder.ums.frames import MalformedFrame, Notification
-from recorder.ums.subscriptions import Subscriber
+from recorder.ums.subscriptions import SNAPSHOT_MARGIN_MS, Subscriber
 from recorder.ums.tokens import StaticTokenSource
 from tests.helpers import wait_until
 
@@ -43,13 +43,25 @@ class Log:
         self.stored: dict[str, int] = dict(cursors or {})  # dialog -> last stored sequence
         self.events: set[tuple[str, int]] = set()
         self.follower: Subscriber | None = None
+        self.closed_known: set[str] = set()  # known conversations the store calls closed
+        self.metadata_ms: int | None = None
+        self.forgotten: set[str] = set()
 
     # Cursors, for the subscriber
     def cursor(self, dialog_id: str) -> int | None:
         return self.stored.get(dialog_id)
 
     def known_dialogs(self, consumer_id: str) -> dict[str, str]:
-        return dict(self.known)
+        return {d: c for d, c in self.known.items() if d not in self.forgotten}
+
+    def closed_conversations(self, consumer_id: str) -> set[str]:
+        return set(self.closed_known)
+
+    def last_metadata_ms(self, consumer_id: str) -> int | None:
+        return self.metadata_ms
+
+    def forget(self, dialog_ids: Iterable[str]) -> None:
+        self.forgotten.update(dialog_ids)
 
     # FrameHandler, for the connection
     async def on_notification(
@@ -64,8 +76,9 @@ class Log:
                 self.stored[record.dialog_id] = max(
                     record.sequence, self.stored.get(record.dialog_id, -1))
         assert self.follower is not None
-        for conversation_id, dialog_ids in learned if self.discover else []:
-            self.follower.follow(connection, conversation_id, dialog_ids)
+        for found in learned if self.discover else []:
+            self.follower.follow(connection, found.conversation_id, found.dialog_ids,
+                                 closed=found.closed, updated_ms=found.updated_ms)
 
     async def on_malformed(
         self, connection: UmsConnection, error: MalformedFrame, received_at: float
@@ -78,9 +91,10 @@ class Log:
 
 @contextlib.asynccontextmanager
 async def recording(
-    sim: Simulator, consumer: str, log: Log, settings: ClientSettings = FAST,
+    sim: Simulator, consumer: str, log: Log, settings: ClientSettings = FAST, *,
+    subscriber: Subscriber | None = None,
 ) -> AsyncIterator[tuple[ConsumerClient, Subscriber]]:
-    subscriber = Subscriber(log, settings)
+    subscriber = subscriber or Subscriber(log, settings)
     log.follower = subscriber
 
     async def ums_url() -> str:
@@ -237,3 +251,108 @@ async def test_a_dialog_subscription_that_times_out_starts_the_session_over() ->
             1011, "dialog subscription failed", True)
         assert subscriber.subscription_errors >= 1 and client.connections >= 2
         assert len(dialog_subscriptions(sim)[late]) >= 2
+
+
+HISTORY = 50_000
+
+
+class Clock:
+    """The subscriber's clock, moved by the test (the grace window without waiting it out)."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_a_long_history_costs_nothing_on_reconnect() -> None:
+    """50,000 closed conversations behind one identity: the snapshot asks only for what
+    changed since the newest metadata time stored (less the margin), the dialogs of a
+    conversation closed longer than the grace window are let go of, and a reconnect
+    subscribes the open dialogs alone."""
+    start = 1_700_000_000_000
+    async with Simulator(account=ACCOUNT, seed=36, gap_probability=0, auto_reply=False,
+                         survey_enabled=False, clock_start_ms=start) as sim:
+        consumer = sim.new_consumer()
+        for n in range(HISTORY):
+            old = sim.create_conversation(consumer)
+            sim.consumer_message(old, f"old {n}")
+            sim.close_conversation(old)
+        sim.advance_clock(3600 * 1000)
+        last = sim.create_conversation(consumer)  # the newest conversation the log holds
+        sim.consumer_message(last, "last stored")
+        sim.close_conversation(last)
+        stored_until = sim.conversation(last)["metaDataLastUpdateTs"]
+        sim.advance_clock(3600 * 1000)
+        first = sim.create_conversation(consumer)
+        sim.consumer_message(first, "open")
+        log = Log()  # the store: recent cursors only, and the newest metadata time stored
+        log.metadata_ms = stored_until
+        clock = Clock()
+        subscriber = Subscriber(log, FAST, closed_grace_s=600, clock=clock)
+        async with recording(sim, consumer, log, subscriber=subscriber) as (client, _):
+            await wait_until(lambda: {(first, 0), (last, 0)} <= log.events)
+            snapshot = requests(sim, frames.SUBSCRIBE_EX_CONVERSATIONS)[0]["body"]
+            assert snapshot["minLastUpdatedTime"] == stored_until - SNAPSHOT_MARGIN_MS
+            assert dialog_subscriptions(sim) == {first: [(first, 0)], last: [(last, 0)]}, (
+                "the snapshot named the last stored conversation (within the margin) and the "
+                "open one; none of the 50,000 before"
+            )
+
+            sim.close_conversation(first)  # closes: followed through the grace window
+            await wait_until(lambda: first in subscriber.closed)
+            second = sim.create_conversation(consumer)
+            sim.consumer_message(second, "open")
+            await wait_until(lambda: (second, 0) in log.events)
+            sim.drop_connections()
+            await wait_until(lambda: len(requests(sim, frames.SUBSCRIBE_EX_CONVERSATIONS)) == 2)
+            again = received(sim, frames.SUBSCRIBE_EX_CONVERSATIONS)[1].connection_id
+            await wait_until(lambda: len(dialog_subscriptions(sim, again)) == 3)
+            assert set(dialog_subscriptions(sim, again)) == {last, first, second}, "in grace"
+
+            clock.now += 601  # the grace window passes; the next UPSERT lets go of them
+            sim.transfer_to_skill(second, "1284356711")
+            await wait_until(lambda: subscriber.released == 2)
+            assert client.connection is not None
+            live = subscriber._subscribed[client.connection.session_key]
+            assert live == {second}, "a long session holds no closed history either"
+            sim.drop_connections()
+            await wait_until(lambda: len(requests(sim, frames.SUBSCRIBE_EX_CONVERSATIONS)) == 3)
+            third = received(sim, frames.SUBSCRIBE_EX_CONVERSATIONS)[2].connection_id
+            await wait_until(lambda: bool(dialog_subscriptions(sim, third)))
+            await asyncio.sleep(0.3)  # anything else would have been asked for by now
+            assert dialog_subscriptions(sim, third) == {second: [(second, log.stored[second] + 1)]}
+            snapshot = requests(sim, frames.SUBSCRIBE_EX_CONVERSATIONS)[2]["body"]
+            assert snapshot["minLastUpdatedTime"] == sim.conversation(second)[
+                "metaDataLastUpdateTs"] - SNAPSHOT_MARGIN_MS, "moves with what this process saw"
+        assert subscriber.dialogs == {second: second}
+        assert log.forgotten == {last, first} and subscriber.released == 2
+        assert client.connections == 3
+
+
+async def test_a_conversation_closed_while_the_socket_was_down_is_recorded_to_its_end() -> None:
+    start = 1_700_000_000_000
+    async with Simulator(account=ACCOUNT, seed=37, gap_probability=0, auto_reply=False,
+                         survey_enabled=False, clock_start_ms=start) as sim:
+        consumer = sim.new_consumer()
+        conversation = sim.create_conversation(consumer)
+        sim.consumer_message(conversation, "before")
+        log = Log()
+        async with recording(sim, consumer, log) as (_, subscriber):
+            await recorded(sim, consumer, log)
+            seen_ms = subscriber.last_metadata_ms[consumer]
+        # Down: the conversation goes on and closes; an hour passes. The next process knows
+        # the dialog from the store (open when it stopped) and the newest metadata time.
+        for n in range(5):
+            sim.agent_message(conversation, f"while down {n}")
+        sim.close_conversation(conversation)
+        sim.advance_clock(3600 * 1000)
+        log.known = {conversation: conversation}
+        log.metadata_ms = seen_ms
+        async with recording(sim, consumer, log) as (_, subscriber):
+            await recorded(sim, consumer, log)
+            assert conversation in subscriber.closed, "the snapshot said it closed"
+        assert log.events == truth(sim, consumer)
+        snapshot = requests(sim, frames.SUBSCRIBE_EX_CONVERSATIONS)[1]["body"]
+        assert snapshot["minLastUpdatedTime"] == seen_ms - SNAPSHOT_MARGIN_MS > 0
