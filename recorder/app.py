@@ -16,6 +16,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import os
+import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from typing import Any
 
@@ -25,10 +27,12 @@ from aiohttp import web
 
 from recorder.api import check_listen_allowed, create_app, listen
 from recorder.config import Settings
+from recorder.coordination.coordinator import Coordinator, while_held
+from recorder.coordination.leases import EXPORTS, PROJECTOR, LeaseBook, identity_resource
 from recorder.db import migrate
 from recorder.db.target import DatabaseTarget
 from recorder.eventlog.ledger import DatabaseSessionLedger
-from recorder.eventlog.recording import CursorStore, RecordingSink, load_cursors
+from recorder.eventlog.recording import CursorStore, RecordingSink
 from recorder.eventlog.wakeups import CommitWakeups
 from recorder.eventlog.writer import EventWriter
 from recorder.exports.runner import Exporter
@@ -61,6 +65,7 @@ class App:
     sinks: list[RecordingSink] = dataclasses.field(default_factory=list)
     subscribers: list[Subscriber] = dataclasses.field(default_factory=list)
     exports: ExportScheduler | None = None
+    coordinator: Coordinator | None = None
 
     async def run(self, stop: asyncio.Event) -> int:
         return await self.supervisor.run(stop)
@@ -120,7 +125,8 @@ async def build_app(
             ready = asyncio.Event()
             wakeups = CommitWakeups(target, listen=settings.listen_notify and not ingest)
             app = App(tuple(r for r in ROLES if r in roles), supervisor, metrics, wakeups)
-            if ingest:
+            if ingest or project:
+                app.coordinator = _coordinator(settings, pool, ingest=ingest, project=project)
                 _add_writer(app, settings, target, pool, account)
             if project:
                 _add_projector(app, settings, target)
@@ -135,6 +141,9 @@ async def build_app(
             if metrics.multiprocess:
                 supervisor.add("metrics", metrics.run, drain_s=5)
             supervisor.add("commit-wakeups", wakeups.run, drain_s=5)
+            if app.coordinator is not None:
+                # Before its users: stopped after them, so leases are given back once unused.
+                supervisor.add("coordination", app.coordinator.run, drain_s=15)
             if app.projector is not None:
                 supervisor.add("projector", app.projector.run, drain_s=30)
             if app.writer is not None and app.ledger is not None:
@@ -142,9 +151,12 @@ async def build_app(
                 supervisor.add("sessions-ledger", app.ledger.run, drain_s=5)
                 await _add_identities(app, settings, pool, http, account, client_settings)
             if project and settings.exports:
+                coordinator = app.coordinator
+                assert coordinator is not None
                 app.exports = ExportScheduler(
                     Exporter(target, on_done=metrics.observe_export), settings.exports,
                     on_failure=metrics.export_failed,
+                    allowed=lambda: coordinator.holding(EXPORTS) is not None,
                 )
                 metrics.watch_exports(job.name for job in settings.exports)
                 supervisor.add("exports", app.exports.run, drain_s=60)
@@ -152,6 +164,8 @@ async def build_app(
                 metrics.attach_writer(app.writer, app.clients, app.subscribers)
             if app.projector is not None:
                 metrics.attach_projector(app.projector)
+            if app.coordinator is not None:
+                metrics.attach_coordinator(app.coordinator)
             if not serve:
                 supervisor.add("started", started(ready), drain_s=1)
                 yield app
@@ -171,10 +185,25 @@ async def build_app(
         await pool.close()
 
 
+def _coordinator(settings: Settings, pool: asyncpg.Pool, *, ingest: bool,
+                 project: bool) -> Coordinator:
+    """The leases of this process's roles: a fair share of the identities for `ingest`, the
+    projector and export singletons for `project`."""
+    singletons = [PROJECTOR, *([EXPORTS] if settings.exports else [])] if project else []
+    return Coordinator(
+        LeaseBook(pool, settings.instance_name, settings.lease_ttl_s),
+        roles=[r for r, present in (("ingest", ingest), ("project", project)) if present],
+        host=socket.gethostname(), pid=os.getpid(),
+        shared=[identity_resource(i.name) for i in settings.identities()] if ingest else [],
+        singletons=singletons,
+    )
+
+
 def _add_writer(app: App, settings: Settings, target: DatabaseTarget, pool: asyncpg.Pool,
                 account: str) -> None:
     app.writer = EventWriter(
         target,
+        lock_key=None,  # every instance writes: the table lock orders them
         queue_size=settings.queue_size,
         batch_size=settings.writer_batch_size,
         batch_wait_ms=settings.writer_batch_wait_ms,
@@ -187,7 +216,8 @@ def _add_writer(app: App, settings: Settings, target: DatabaseTarget, pool: asyn
 def _add_projector(app: App, settings: Settings, target: DatabaseTarget) -> None:
     # Small folds keep a shared event loop responsive: a 5,000-event fold stalls every socket
     # in the same process for tens of milliseconds (bench/ingest.py profile).
-    app.projector = Projector(target, batch_size=1000 if app.writer is not None else 5000)
+    app.projector = Projector(target, batch_size=1000 if app.writer is not None else 5000,
+                              coordinator=app.coordinator)
     app.wakeups.subscribe(app.projector.wake)
 
 
@@ -196,7 +226,7 @@ async def _add_identities(
     account: str, client_settings: ClientSettings | None,
 ) -> None:
     assert app.writer is not None and app.ledger is not None
-    app.cursors = await load_cursors(pool, settings.closed_grace_s)
+    app.cursors = CursorStore(pool, settings.closed_grace_s)  # refreshed as sessions open
     app.writer.add_listener(app.cursors.committed)
     discovery = Discovery(settings.csds_url, account, http)
     ums_url: Callable[[], Awaitable[str]] = discovery.ums_url
@@ -221,8 +251,12 @@ async def _add_identities(
             ledger=app.ledger,
             settings=client_settings,
         )
-        app.supervisor.add(f"identity {identity.name}", client.run, drain_s=10,
-                           group="identities")
+        assert app.coordinator is not None
+        app.supervisor.add(
+            f"identity {identity.name}",
+            while_held(app.coordinator, identity_resource(identity.name), client.run),
+            drain_s=10, group="identities",
+        )
         app.clients.append(client)
         app.sinks.append(sink)
         app.subscribers.append(subscriber)

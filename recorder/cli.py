@@ -45,7 +45,7 @@ async def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
 
 async def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
     async with open_database(settings) as target:
-        status = await read_status(target, settings.state_dir)
+        status = await read_status(target, settings.state_dir, settings.lease_ttl_s)
     if args.json:
         sys.stdout.write(orjson.dumps(status.as_dict(), option=orjson.OPT_INDENT_2).decode() + "\n")
     else:

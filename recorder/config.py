@@ -9,6 +9,7 @@ import dataclasses
 import math
 import os
 import re
+import socket
 import tomllib
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -74,6 +75,13 @@ class Settings:
     api_workers: int = 1
     listen_notify: bool = True
     closed_grace_s: float = 3600.0
+    instance: str | None = None
+    lease_ttl_s: float = 15.0
+
+    @property
+    def instance_name(self) -> str:
+        """RECORDER_INSTANCE, else this host's name and this process's id."""
+        return self.instance or default_instance_name()
 
     @property
     def api_host_port(self) -> tuple[str, int]:
@@ -158,6 +166,17 @@ def _switch(value: Any, name: str) -> bool:
 
 def _log_level(value: Any, name: str) -> str:
     return _choice("debug", "info", "warning", "error")(value, name).upper()
+
+
+def default_instance_name() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+def _instance(value: Any, name: str) -> str:
+    text = _text(value, name)
+    if not re.fullmatch(r"[A-Za-z0-9_.:@-]{1,100}", text):
+        raise ConfigError(name, "must be 1 to 100 letters, digits or . _ - : @")
+    return text
 
 
 def _account(value: Any, name: str) -> str:
@@ -255,6 +274,7 @@ class SettingSpec:
 #: about a gigabyte of memory, and a batch window over a second is latency nobody wants.
 QUEUE_SIZE_MAX = 1_000_000
 CLOSED_GRACE_S_MAX = 7 * 24 * 3600
+LEASE_TTL_S_MIN, LEASE_TTL_S_MAX = 1.0, 300.0
 WRITER_BATCH_SIZE_MAX = 100_000
 WRITER_BATCH_WAIT_MS_MAX = 1_000
 API_WORKERS_MAX = 64
@@ -347,6 +367,18 @@ SETTINGS: tuple[SettingSpec, ...] = (
         "how long the dialogs of a closed conversation stay subscribed (late receipts, survey "
         "answers) before they are let go of and not resubscribed on reconnect",
         f"0 to {CLOSED_GRACE_S_MAX:,} (seconds)", "`3600`",
+    ),
+    SettingSpec(
+        "instance", "RECORDER_INSTANCE", _instance,
+        "this instance's name among the instances sharing the database (leases, status, logs)",
+        "1 to 100 letters, digits or `. _ - : @`, unique per instance",
+        "host name and process id",
+    ),
+    SettingSpec(
+        "lease_ttl_s", "RECORDER_LEASE_TTL_S", _number(LEASE_TTL_S_MIN, LEASE_TTL_S_MAX),
+        "how long a lease (an identity, the projector, the exports) outlives its holder's last "
+        "heartbeat; heartbeats come every third of it",
+        f"{LEASE_TTL_S_MIN:g} to {LEASE_TTL_S_MAX:g} (seconds)", "`15`",
     ),
 )
 

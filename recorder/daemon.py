@@ -153,7 +153,8 @@ async def run_role_processes(
                 processes = plan(roles, settings.api_workers)
                 supervisor = RoleSupervisor(
                     processes, command=command,
-                    environ=child_environment(target.dsn if target.embedded else None),
+                    environ=child_environment(target.dsn if target.embedded else None,
+                                              settings.instance_name),
                     notifier=notifier, state_dir=settings.state_dir, metrics=RoleMetrics(),
                 )
                 log.info("starting roles %s as processes; database %s",
@@ -166,11 +167,14 @@ async def run_role_processes(
         notifier.close()
 
 
-def child_environment(embedded_dsn: str | None) -> dict[str, str]:
-    """What every role process inherits: this environment, plus the embedded database the
-    supervisor started. Settings from flags travel in the command line (`command`), never
-    secrets in the environment: a configured URL or its `_FILE` is read again by each role."""
+def child_environment(embedded_dsn: str | None, instance: str) -> dict[str, str]:
+    """What every role process inherits: this environment, the instance name (the roles of
+    one instance share it: by default this supervisor's host and pid), plus the embedded
+    database the supervisor started. Settings from flags travel in the command line
+    (`command`), never secrets in the environment: a configured URL or its `_FILE` is read
+    again by each role."""
     environ = dict(os.environ)
+    environ["RECORDER_INSTANCE"] = instance
     if embedded_dsn is not None:  # a local socket, no password
         environ["RECORDER_DATABASE_URL"] = embedded_dsn
         environ.pop("RECORDER_DATABASE_URL_FILE", None)

@@ -59,5 +59,15 @@ class ProjectionConflictError(ProjectionError):
         )
 
 
+class FencedError(RecorderError):
+    """A singleton's lease is no longer ours (taken over, or expired): its transaction was
+    rolled back before it changed anything."""
+
+    def __init__(self, resource: str, epoch: int) -> None:
+        self.resource = resource
+        self.epoch = epoch
+        super().__init__(f"lease {resource!r} at epoch {epoch} is no longer ours")
+
+
 class RebuildError(ProjectionError):
     """`recorder rebuild` could not finish."""

@@ -37,10 +37,12 @@ from prometheus_client import (
     values,
 )
 
+from recorder.coordination.leases import IDENTITY_PREFIX
 from recorder.eventlog.appender import AppendResult
 from recorder.eventlog.records import KINDS
 
 if TYPE_CHECKING:
+    from recorder.coordination.coordinator import Coordinator
     from recorder.eventlog.writer import EventWriter
     from recorder.projection.projector import Projector
     from recorder.ums.client import ConsumerClient
@@ -144,6 +146,21 @@ class Metrics:
             "Dialogs let go of after their conversation stayed closed past the grace window.",
             ["identity"], registry=r,
         )
+        self.leases_held = Gauge(
+            "recorder_leases_held",
+            "Leases this instance holds, by kind (identity, projector, exports).",
+            ["kind"], registry=r, multiprocess_mode="livesum",
+        )
+        self.lease_takeovers = Counter(
+            "recorder_lease_takeovers",
+            "Leases this instance took after their previous holder's lease expired.",
+            registry=r,
+        )
+        self.instances_live = Gauge(
+            "recorder_instances_live",
+            "Instances with a live ingest process, as this instance last counted them.",
+            registry=r, multiprocess_mode="livemax",
+        )
         self.last_export = Gauge(
             "recorder_last_export_timestamp_seconds",
             "Unix time of the last successful export (0: none yet).", registry=r,
@@ -168,6 +185,8 @@ class Metrics:
         #: per client (by position in _clients): closes and 429s already counted
         self._closes_counted: list[int] = []
         self._rate_limited_counted: list[int] = []
+        self._coordinator: Coordinator | None = None
+        self._takeovers_counted = 0
         self._subscribers: list[Subscriber | None] = []
         self._released_counted: list[int] = []
 
@@ -196,6 +215,12 @@ class Metrics:
         for client, subscriber in itertools.zip_longest(clients, subscribers):
             if client is not None:
                 self.watch_client(client, subscriber)
+
+    def attach_coordinator(self, coordinator: Coordinator) -> None:
+        """Sample this process's leases."""
+        self._coordinator = coordinator
+        for kind in ("identity", "projector", "exports"):
+            self.leases_held.labels(kind=kind).set(0)
 
     def attach_projector(self, projector: Projector) -> None:
         """The project role: sample the projector's position and lag."""
@@ -259,6 +284,8 @@ class Metrics:
 
     def refresh(self) -> None:
         """Sample the live objects into the gauges and counters."""
+        if self._coordinator is not None:
+            self._refresh_leases(self._coordinator)
         if self._writer is not None:
             self.log_head.set(self._writer.head)
         if self._projector is not None:
@@ -271,6 +298,18 @@ class Metrics:
             self.projection_lag_events.set(max(0, head - projector.position))
             self.projection_lag_seconds.set(projector.lag_s or 0.0)
         self._refresh_clients()
+
+    def _refresh_leases(self, coordinator: Coordinator) -> None:
+        held = collections.Counter(
+            "identity" if resource.startswith(IDENTITY_PREFIX) else resource
+            for resource in coordinator.holds)
+        for kind in ("identity", "projector", "exports"):
+            self.leases_held.labels(kind=kind).set(held.get(kind, 0))
+        if coordinator.takeovers > self._takeovers_counted:
+            self.lease_takeovers.inc(coordinator.takeovers - self._takeovers_counted)
+            self._takeovers_counted = coordinator.takeovers
+        if coordinator.shared:
+            self.instances_live.set(coordinator.live_instances)
 
     def _refresh_clients(self) -> None:
         for index, client in enumerate(self._clients):

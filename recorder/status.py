@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 from pathlib import Path
 from typing import Any
 
 import asyncpg
 
+from recorder.coordination.leases import IDENTITY_PREFIX, overview
 from recorder.db import migrate
 from recorder.db import sql as db_sql
 from recorder.db.target import DatabaseTarget, connect
@@ -74,6 +76,10 @@ class Status:
     exports: list[ExportStatus] = dataclasses.field(default_factory=list)
     #: the role supervisor's last word (recorder.role_processes), when one runs here
     roles: dict[str, Any] | None = None
+    #: instances sharing the database, their leases and the latest lease moves
+    instances: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    leases: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    lease_moves: list[dict[str, Any]] = dataclasses.field(default_factory=list)
 
     @property
     def schema_current(self) -> bool:
@@ -123,6 +129,7 @@ class Status:
                 lines.append(
                     f"  {role.get('name')}: {state}, pid {role.get('pid')}, "
                     f"{role.get('restarts', 0)} restarts; {role.get('status') or '-'}")
+        lines += self._instances_text()
         for export in self.exports:
             rows = "-" if export.rows is None else export.rows
             checkpoint = "none" if export.checkpoint is None else export.checkpoint
@@ -133,6 +140,42 @@ class Status:
                 + (f"; error: {export.error}" if export.error else "")
             )
         return "\n".join(lines)
+
+
+    def _instances_text(self) -> list[str]:
+        if not self.instances:
+            return []
+        held: dict[str, list[str]] = {}
+        for lease in self.leases:
+            if lease["holder"] is not None and lease["valid"]:
+                held.setdefault(lease["holder"], []).append(lease["resource"])
+        lines = ["instances:"]
+        names = sorted({i["name"] for i in self.instances})
+        for name in names:
+            rows = [i for i in self.instances if i["name"] == name]
+            live = [i["role"] for i in rows if i["live"]]
+            last = max(i["heartbeat_at"] for i in rows)
+            state = f"live ({', '.join(live)})" if live else "down"
+            lines.append(f"  {name} on {rows[0]['host']} (pid {rows[0]['pid']}): {state}, "
+                         f"last heartbeat {last}")
+            mine = held.get(name, [])
+            identities = sorted(r for r in mine if r.startswith(IDENTITY_PREFIX))
+            singletons = sorted(r for r in mine if not r.startswith(IDENTITY_PREFIX))
+            if identities:
+                lines.append(f"    holds {len(identities)} identities: "
+                             + ", ".join(r.removeprefix(IDENTITY_PREFIX) for r in identities))
+            if singletons:
+                lines.append(f"    holds the {' and the '.join(singletons)} lease")
+        free = [lease["resource"] for lease in self.leases
+                if lease["holder"] is None or not lease["valid"]]
+        if free:
+            lines.append(f"  not held: {', '.join(free)}")
+        if self.lease_moves:
+            lines.append("lease moves (latest first):")
+            lines += [f"  {m['at']} {m['resource']}: {m['from_instance'] or '-'} -> "
+                      f"{m['to_instance'] or '-'} (epoch {m['epoch']}, {m['reason']})"
+                      for m in self.lease_moves]
+        return lines
 
 
 def _export(row: Any) -> ExportStatus:
@@ -166,12 +209,14 @@ def _identity(row: Any) -> IdentityStatus:
     )
 
 
-async def read_status(target: DatabaseTarget, state_dir: Path | None = None) -> Status:
+async def read_status(target: DatabaseTarget, state_dir: Path | None = None,
+                      lease_ttl_s: float = 15.0) -> Status:
     revision = await migrate.current_revision(target)
     connection = await connect(target)
     identities: list[IdentityStatus] = []
     holes: list[SequenceHole] = []
     exports: list[ExportStatus] = []
+    coordination: dict[str, Any] = {}
     try:
         settings = dict(await connection.fetch(db_sql.SERVER_SETTINGS))
         head = positions = quarantined = None
@@ -187,6 +232,7 @@ async def read_status(target: DatabaseTarget, state_dir: Path | None = None) -> 
                     for r in await connection.fetch(sql.SEQUENCE_HOLES, HOLES_SHOWN)
                 ]
                 exports = [_export(r) for r in await connection.fetch(export_sql.LAST_RUNS)]
+                coordination = _printable(await overview(connection, lease_ttl_s))
             except asyncpg.UndefinedTableError:
                 head = None
             except asyncpg.UndefinedColumnError:
@@ -206,4 +252,16 @@ async def read_status(target: DatabaseTarget, state_dir: Path | None = None) -> 
         holes=holes,
         exports=exports,
         roles=read_roles_file(state_dir) if state_dir is not None else None,
+        instances=coordination.get("instances", []),
+        leases=coordination.get("leases", []),
+        lease_moves=coordination.get("moves", []),
     )
+
+
+def _printable(found: dict[str, list[dict[str, Any]]]) -> dict[str, list[dict[str, Any]]]:
+    """Times as ISO text (second precision), so `--json` and the text agree."""
+    return {
+        key: [{k: v.isoformat(timespec="seconds") if isinstance(v, dt.datetime) else v
+               for k, v in row.items()} for row in rows]
+        for key, rows in found.items()
+    }

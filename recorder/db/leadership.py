@@ -1,5 +1,7 @@
-"""One connection holding a session advisory lock: how the single writer and the single
-projector keep a second instance of themselves passive.
+"""One connection holding a session advisory lock: how a writer or projector used alone (tools,
+tests, benches) keeps a second instance of itself passive. `recorder run` passes no lock key:
+there every instance's writer writes (the table lock orders them) and the projector is chosen
+by a lease (recorder.coordination), so nothing depends on session state.
 
 The lock lives as long as the connection. A connection that failed is dropped without a
 goodbye (it may be mid-protocol) and the next `acquire` takes the lock again, or waits,
@@ -28,7 +30,7 @@ class LeaderConnection:
         target: DatabaseTarget,
         *,
         role: str,
-        lock_key: int,
+        lock_key: int | None,
         command_timeout_s: float,
         server_settings: dict[str, str] | None = None,
         on_acquired: Callable[[asyncpg.Connection], Awaitable[None]] | None = None,
@@ -53,7 +55,8 @@ class LeaderConnection:
         )
         try:
             waiting_logged = False
-            while not await connection.fetchval(sql.TRY_LEADER_LOCK, self._lock_key):
+            while self._lock_key is not None and not await connection.fetchval(
+                    sql.TRY_LEADER_LOCK, self._lock_key):
                 if not waiting_logged:
                     holder = await connection.fetchval(sql.LEADER_LOCK_HOLDER, self._lock_key)
                     log.warning("another %s (backend pid %s) leads; waiting, passive",

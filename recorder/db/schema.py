@@ -96,6 +96,7 @@ dialog_cursors = Table(
     Column("last_sequence", BigInteger, nullable=False, server_default=text("-1")),
     Column("state", Text),
     Column("updated_at", TIMESTAMPTZ, nullable=False, server_default=text("now()")),
+    Index("dialog_cursors_consumer_id_idx", "consumer_id"),
 )
 
 quarantine = Table(
@@ -158,6 +159,42 @@ export_runs = Table(
 # The projection (design.md section 3): current state folded from the log by recorder.projection.
 # Times are timestamptz from the payload's epoch ms (0 or absent → NULL); the *_ts bigints are
 # the platform's versions, kept raw because last-writer-wins compares them.
+instances = Table(
+    "instances",
+    metadata,
+    Column("name", Text, primary_key=True),
+    Column("role", Text, primary_key=True),
+    Column("host", Text, nullable=False),
+    Column("pid", Integer, nullable=False),
+    Column("started_at", TIMESTAMPTZ, nullable=False, server_default=text("now()")),
+    Column("heartbeat_at", TIMESTAMPTZ, nullable=False, server_default=text("now()")),
+    Column("stopped_at", TIMESTAMPTZ),
+)
+
+leases = Table(
+    "leases",
+    metadata,
+    Column("resource", Text, primary_key=True),
+    Column("holder", Text),
+    Column("epoch", BigInteger, nullable=False, server_default=text("0")),
+    Column("expires_at", TIMESTAMPTZ),
+    Column("acquired_at", TIMESTAMPTZ),
+    Column("renewed_at", TIMESTAMPTZ),
+)
+
+lease_moves = Table(
+    "lease_moves",
+    metadata,
+    Column("id", BigInteger, primary_key=True, autoincrement=True),
+    Column("at", TIMESTAMPTZ, nullable=False, server_default=text("now()")),
+    Column("resource", Text, nullable=False),
+    Column("from_instance", Text),
+    Column("to_instance", Text),
+    Column("epoch", BigInteger, nullable=False),
+    Column("reason", Text, nullable=False),
+    Index("lease_moves_at_idx", "at"),
+)
+
 conversations = Table(
     "conversations",
     metadata,

@@ -24,6 +24,7 @@ the subscriber reads it directly (CursorStore is its `Cursors`).
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections.abc import Iterable, Sequence
 from typing import Any, NamedTuple, Protocol
 
@@ -34,10 +35,13 @@ from recorder.eventlog import sql
 from recorder.eventlog.appender import AppendResult
 from recorder.eventlog.records import EventRecord, QuarantinedFrame, canonical_json, dedupe_digest
 from recorder.eventlog.writer import EventWriter
+from recorder.logs import event
 from recorder.ums import frames
 from recorder.ums.connection import UmsConnection
 from recorder.ums.frames import MalformedFrame, Notification
 from recorder.ums.payload import dialog_ids, read_conversation_change, read_messaging_change
+
+log = logging.getLogger(__name__)
 
 #: Dialogs with events stored this recently are resubscribed at start even if no snapshot
 #: names them (`recorder run` passes RECORDER_CLOSED_GRACE_S).
@@ -169,25 +173,54 @@ class IdentityStats:
 class CursorStore:
     """Last stored sequence per followed dialog, and which consumer's dialog it is.
 
-    Loaded at start for the dialogs worth resuming: those of conversations the projection
+    Refreshed from the database for one identity each time its session opens (on whichever
+    instance holds it): the dialogs worth resuming are those of conversations the projection
     shows open, and those with events stored within `recent_s` (a projection that lags or is
     absent only makes the second set matter). The subscriber `forget`s the dialogs of
     conversations it let go of, so memory follows what is open, not the log's history."""
 
-    def __init__(self) -> None:
+    def __init__(self, pool: Any = None, recent_s: float = RECENT_DIALOG_SECONDS) -> None:
+        self._pool = pool
+        self._recent_s = recent_s
         self.sequences: dict[str, int] = {}
         self.dialogs: dict[str, tuple[str | None, str]] = {}  # dialog -> (conversation, consumer)
         self._last_metadata_ms: dict[str, int] = {}
         self._not_open: set[str] = set()  # loaded conversations the projection showed closed
 
     async def load(self, pool: Any, recent_s: float = RECENT_DIALOG_SECONDS) -> None:
-        for row in await pool.fetch(sql.LOAD_CURSORS, recent_s):
-            self.sequences[row["dialog_id"]] = row["last_sequence"]
-            self.dialogs[row["dialog_id"]] = (row["conversation_id"], row["consumer_id"])
-            if not row["open"] and row["conversation_id"]:
-                self._not_open.add(row["conversation_id"])
+        """Every consumer's dialogs worth resuming (tools and tests; `recorder run` refreshes
+        one identity at a time as its sessions open)."""
+        self._merge(await pool.fetch(sql.LOAD_CURSORS, recent_s))
         for row in await pool.fetch(sql.LAST_METADATA_MS):
             self._last_metadata_ms[row["consumer_id"]] = row["last_ms"]
+
+    async def refresh(self, consumer_id: str) -> None:
+        """Re-read one consumer's cursors and newest metadata time from the database, as its
+        session opens: another instance may have recorded it since (leases move identities),
+        and a cursor only ever moves forward here."""
+        if self._pool is None:
+            return
+        try:
+            rows = await self._pool.fetch(sql.LOAD_CONSUMER_CURSORS, self._recent_s, consumer_id)
+            newest = await self._pool.fetchval(sql.CONSUMER_LAST_METADATA_MS, consumer_id)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            # Not fatal: cursors in memory are behind at worst, and a replay is deduplicated.
+            log.warning("cursors of %s not refreshed (%s); resuming from memory", consumer_id,
+                        type(exc).__name__, extra=event("recording.cursors.refresh_failed"))
+            return
+        self._merge(rows)
+        if newest is not None:
+            self._last_metadata_ms[consumer_id] = max(
+                int(newest), self._last_metadata_ms.get(consumer_id, 0))
+
+    def _merge(self, rows: Iterable[Any]) -> None:
+        for row in rows:
+            dialog_id = row["dialog_id"]
+            if self.sequences.get(dialog_id, -1) < row["last_sequence"]:
+                self.sequences[dialog_id] = row["last_sequence"]
+            self.dialogs[dialog_id] = (row["conversation_id"], row["consumer_id"])
+            if not row["open"] and row["conversation_id"]:
+                self._not_open.add(row["conversation_id"])
 
     def cursor(self, dialog_id: str) -> int | None:
         return self.sequences.get(dialog_id)
@@ -217,12 +250,13 @@ class CursorStore:
 
     def committed(self, result: AppendResult) -> None:
         """Writer listener: follow what the log now holds (duplicates were stored before)."""
-        for event in [e for _, e in result.stored] + result.duplicates:
-            if event.kind != "messaging" or event.sequence is None or event.dialog_id is None:
+        for stored in [e for _, e in result.stored] + result.duplicates:
+            if stored.kind != "messaging" or stored.sequence is None or stored.dialog_id is None:
                 continue
-            if self.sequences.get(event.dialog_id, -1) < event.sequence:
-                self.sequences[event.dialog_id] = event.sequence
-            self.dialogs.setdefault(event.dialog_id, (event.conversation_id, event.consumer_id))
+            if self.sequences.get(stored.dialog_id, -1) < stored.sequence:
+                self.sequences[stored.dialog_id] = stored.sequence
+            self.dialogs.setdefault(stored.dialog_id,
+                                    (stored.conversation_id, stored.consumer_id))
 
 
 class RecordingSink:
@@ -285,6 +319,6 @@ class RecordingSink:
 
 
 async def load_cursors(pool: asyncpg.Pool, recent_s: float = RECENT_DIALOG_SECONDS) -> CursorStore:
-    store = CursorStore()
+    store = CursorStore(pool, recent_s)
     await store.load(pool, recent_s)
     return store

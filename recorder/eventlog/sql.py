@@ -149,6 +149,25 @@ WHERE d.updated_at > now() - make_interval(secs => $1)
    OR d.conversation_id IN (SELECT conversation_id FROM open)
 """
 
+# LOAD_CURSORS for one consumer ($2): what an identity resumes from when its session opens,
+# on whichever instance holds it now (dialog_cursors_consumer_id_idx).
+LOAD_CONSUMER_CURSORS = """
+SELECT d.dialog_id, d.conversation_id, d.consumer_id, d.last_sequence,
+       EXISTS (SELECT 1 FROM conversations c
+               WHERE c.conversation_id = d.conversation_id
+                 AND (c.state = 'OPEN' OR c.stage = 'OPEN')) AS open
+FROM dialog_cursors d
+WHERE d.consumer_id = $2
+  AND (d.updated_at > now() - make_interval(secs => $1)
+       OR EXISTS (SELECT 1 FROM conversations c
+                  WHERE c.conversation_id = d.conversation_id
+                    AND (c.state = 'OPEN' OR c.stage = 'OPEN')))
+"""
+
+CONSUMER_LAST_METADATA_MS = """
+SELECT max(meta_data_last_update_ts) FROM conversations WHERE consumer_id = $1
+"""
+
 # The newest conversation metadata time (epoch ms) the projection holds per consumer: the
 # lower bound of the next ExConversations snapshot, less a margin. A lagging projection gives
 # an older time, so a wider snapshot, never a narrower one.

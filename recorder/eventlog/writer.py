@@ -3,7 +3,8 @@
 - Positions come from `log_head` under a table lock: contiguous from 1, in commit order.
 - Keys already stored (in the batch or the table) are dropped before positions are given out.
 - Listeners hear which events were newly stored only after the commit returned.
-- A session advisory lock keeps a second writer on the same database passive.
+- Alone (tools, tests), a session advisory lock keeps a second writer passive; `recorder run`
+  passes no lock key: every instance's writer writes, ordered by the table lock.
 - A database outage is retried with backoff; the queue stays bounded, so producers block.
 - A batch that fails for a reason other than the connection is retried row by row; a row that
   still fails goes to `quarantine` whole, with the error, and the writer keeps going.
@@ -73,7 +74,7 @@ class EventWriter:
         queue_size: int = 10_000,
         batch_size: int = 1_000,
         batch_wait_ms: float = 2.0,
-        lock_key: int = LEADER_LOCK_KEY,
+        lock_key: int | None = LEADER_LOCK_KEY,
         drain_timeout_s: float = 10.0,
         max_backoff_s: float = 5.0,
         command_timeout_s: float = 60.0,

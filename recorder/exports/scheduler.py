@@ -1,8 +1,9 @@
 """The daemon's export component: APScheduler 3 fires each `[[exports]]` job on schedule.
 
 - In-memory job store only: job stores must never be shared between schedulers, and
-  coordination between instances happens in PostgreSQL (the job's advisory lock, and the
-  slot check on `export_runs.scheduled_for`), not in APScheduler.
+  coordination between instances happens in PostgreSQL (the `exports` lease: every instance
+  schedules, only its holder runs; behind it the job's running-row check and the slot check on
+  `export_runs.scheduled_for`), not in APScheduler.
 - `coalesce` + `max_instances=1` + no misfire limit: runs missed while the loop was busy
   collapse into one late run, and a job never overlaps itself. A run that is due while the
   daemon is down is not made up for: the next run exports everything since the checkpoint.
@@ -31,10 +32,13 @@ class ExportScheduler:
     def __init__(
         self, exporter: Exporter, jobs: Sequence[ExportJob],
         *, on_failure: Callable[[str], None] | None = None,
+        allowed: Callable[[], bool] | None = None,
     ) -> None:
         self.exporter = exporter
         self.jobs = {job.name: job for job in jobs}
         self._on_failure = on_failure
+        self._allowed = allowed  # this instance holds the exports lease (None: always)
+        self.skipped = 0  # slots left to the instance holding the lease
         self._slots: dict[str, dt.datetime] = {}
         self._running: set[asyncio.Task[None]] = set()
         self.runs = 0  # finished runs, successful or not (for tests and status)
@@ -85,6 +89,11 @@ class ExportScheduler:
 
     async def _export(self, name: str, slot: dt.datetime | None) -> None:
         job = self.jobs[name]
+        if self._allowed is not None and not self._allowed():
+            self.skipped += 1
+            log.debug("export %s: another instance holds the exports lease; skipped", name,
+                      extra=event("export.run.not_ours"))
+            return
         try:
             await self.exporter.run_job(job, scheduled_for=slot)
         except JobBusyError:

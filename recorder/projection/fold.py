@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 import asyncpg
@@ -107,10 +107,14 @@ async def apply_and_advance(
     old: int,
     new: int,
     name: str = PROJECTION_NAME,
+    guard: Callable[[asyncpg.Connection], Awaitable[None]] | None = None,
 ) -> FoldStats:
-    """Fold `events` (the log in (old, new]) and move the saved position, atomically."""
+    """Fold `events` (the log in (old, new]) and move the saved position, atomically.
+    `guard` runs first in the transaction (the projector's lease fence) and may raise."""
     batch = events if isinstance(events, Batch) else fold(events)
     async with connection.transaction():
+        if guard is not None:
+            await guard(connection)
         # First, so that a concurrent projector blocks on the row and then fails here.
         await advance_position(connection, old, new, name)
         return await write_batch(connection, batch)

@@ -4,8 +4,11 @@
   each batch in one transaction together with the compare-and-set of its position, so a crash
   at any point leaves rows and position in agreement.
 - Caught up, it waits for `wake()` (the writer's commit listener) or the poll interval.
-- A session advisory lock keeps a second projector on the same database passive; the
-  compare-and-set is the backstop should two ever run anyway.
+- One projector per database: under `recorder run`, the instance holding the `projector`
+  lease (recorder.coordination); its epoch is checked inside every batch's transaction, so a
+  projector that stalled and lost the lease cannot move the position. Used alone (tools,
+  tests), a session advisory lock keeps a second one passive instead. The compare-and-set of
+  the position is the backstop either way.
 - A database outage is retried with backoff, like the writer. Any other error stops it
   loudly: a projection that silently skips events would be worse than none.
 - Statistics: every `statistics_check_s` of progress a side task, on a connection of its own
@@ -28,10 +31,12 @@ import time
 
 import asyncpg
 
+from recorder.coordination.coordinator import Coordinator, Hold
+from recorder.coordination.leases import PROJECTOR, fence
 from recorder.db.leadership import LeaderConnection
 from recorder.db.retry import TRANSIENT_ERRORS, backoff_s
 from recorder.db.target import DatabaseTarget, connect
-from recorder.errors import DatabaseError, ProjectionConflictError, ProjectionError
+from recorder.errors import DatabaseError, FencedError, ProjectionConflictError, ProjectionError
 from recorder.eventlog import sql as log_sql
 from recorder.logs import event
 from recorder.projection import PROJECTION_NAME
@@ -44,13 +49,15 @@ log = logging.getLogger(__name__)
 #: Advisory lock key for "the projector" (spells "rec-proj").
 PROJECTOR_LOCK_KEY = 0x7265632D70726F6A
 
-_PASS_THROUGH: tuple[type[BaseException], ...] = (ProjectionConflictError, *TRANSIENT_ERRORS)
+_PASS_THROUGH: tuple[type[BaseException], ...] = (
+    ProjectionConflictError, FencedError, *TRANSIENT_ERRORS)
 #: the tables whose statistics the projector keeps current while they grow
 STATISTICS_TABLES = ("conversations", "dialogs", "participants", "messages", "receipts")
 #: below this many changed rows a table's statistics are left to autovacuum
 STATISTICS_MIN_CHANGES = 1000
 
-_FINAL_PASS_ERRORS: tuple[type[BaseException], ...] = (TimeoutError, *TRANSIENT_ERRORS)
+_FINAL_PASS_ERRORS: tuple[type[BaseException], ...] = (
+    TimeoutError, FencedError, *TRANSIENT_ERRORS)
 
 
 @dataclasses.dataclass
@@ -75,6 +82,7 @@ class Projector:
         max_backoff_s: float = 5.0,
         drain_timeout_s: float = 20.0,
         statistics_check_s: float = 5.0,
+        coordinator: Coordinator | None = None,
     ) -> None:
         if batch_size <= 0:
             raise ValueError("batch_size must be positive")
@@ -87,8 +95,11 @@ class Projector:
         self._statistics_check_s = statistics_check_s
         self._statistics_task: asyncio.Task[None] | None = None
         self._statistics_checked_at = time.monotonic()
+        self._coordinator = coordinator
+        self._epoch: int | None = None  # the lease tenure the position was loaded under
         self._leader = LeaderConnection(
-            target, role=f"projector {name!r}", lock_key=lock_key,
+            target, role=f"projector {name!r}",
+            lock_key=None if coordinator is not None else lock_key,
             command_timeout_s=command_timeout_s, on_acquired=self._on_leadership,
         )
         self._wakeup = asyncio.Event()
@@ -104,7 +115,13 @@ class Projector:
 
     @property
     def is_leader(self) -> bool:
+        if self._coordinator is not None and self._lease() is None:
+            return False
         return self._leader.is_leader
+
+    def _lease(self) -> Hold | None:
+        assert self._coordinator is not None
+        return self._coordinator.holding(PROJECTOR)
 
     @property
     def lag_events(self) -> int:
@@ -129,6 +146,8 @@ class Projector:
         try:
             while not stop.is_set():
                 try:
+                    if self._coordinator is not None and not await self._take_lease(stop):
+                        break
                     connection = await self._leader.acquire(stop)
                     if connection is None:
                         break
@@ -138,6 +157,9 @@ class Projector:
                     attempt = 0
                     if not progressed:
                         await self._idle(stop)
+                except FencedError as exc:
+                    log.warning("projector: %s; passive until the lease comes back", exc,
+                                extra=event("projector.lease.lost"))
                 except TRANSIENT_ERRORS as exc:
                     attempt += 1
                     self.stats.retries += 1
@@ -168,7 +190,8 @@ class Projector:
         new = rows[-1].position if len(rows) == limit else head
         old = self.position
         try:
-            stats = await apply_and_advance(connection, rows, old, new, self._name)
+            stats = await apply_and_advance(connection, rows, old, new, self._name,
+                                            guard=self._fence if self._coordinator else None)
         except _PASS_THROUGH:
             raise
         except asyncpg.PostgresError as exc:
@@ -215,6 +238,33 @@ class Projector:
             log.info("projector: statistics of %s refreshed (it outgrew them)", table,
                      extra=event("projector.statistics.refreshed"))
         return stale
+
+    async def _take_lease(self, stop: asyncio.Event) -> bool:
+        """Wait for the projector lease; on a new tenure, resume from the saved position (the
+        previous holder moved it). False once stopping."""
+        assert self._coordinator is not None
+        hold = self._lease()
+        if hold is None:
+            hold = await self._coordinator.wait_for(PROJECTOR, stop)
+            if hold is None:
+                return False
+        if hold.epoch != self._epoch:
+            connection = await self._leader.acquire(stop)
+            if connection is None:
+                return False
+            self.position = await load_position(connection, self._name)
+            self._epoch = hold.epoch
+            log.info("projector %r leads by lease (epoch %d) at position %d", self._name,
+                     hold.epoch, self.position, extra=event("projector.lease.acquired"))
+        return True
+
+    async def _fence(self, connection: asyncpg.Connection) -> None:
+        hold = self._lease()
+        assert self._coordinator is not None
+        if hold is None or not await fence(connection, self._coordinator.instance, hold.held):
+            epoch = self._epoch if hold is None else hold.epoch
+            self._epoch = None
+            raise FencedError(PROJECTOR, -1 if epoch is None else epoch)
 
     async def _idle(self, stop: asyncio.Event) -> None:
         """Until a wake-up, a stop or the poll interval, whichever comes first."""

@@ -55,6 +55,9 @@ class Cursors(Protocol):
     def cursor(self, dialog_id: str) -> int | None:
         """The last stored sequence of a dialog; None: nothing stored yet."""
 
+    async def refresh(self, consumer_id: str) -> None:
+        """Catch up with what the database holds for this consumer (a session opens)."""
+
     def known_dialogs(self, consumer_id: str) -> dict[str, str]:
         """Dialogs (id -> conversation id) to follow even if no snapshot names them."""
 
@@ -108,6 +111,7 @@ class Subscriber:
         self._subscribed[connection.session_key] = set()
         self.prune()
         consumer_id = connection.consumer_id
+        await self._cursors.refresh(consumer_id)
         for dialog_id, conversation_id in self._cursors.known_dialogs(consumer_id).items():
             if dialog_id not in self.dialogs:
                 self.dialogs[dialog_id] = conversation_id

@@ -241,6 +241,36 @@ async def test_the_cursor_store_loads_only_what_is_worth_resuming(
     assert store.cursor("d-open") is None and store.closed_conversations("consumer-1") == set()
 
 
+async def test_a_session_opening_refreshes_its_consumer_from_the_database(
+    database: DatabaseTarget, db: asyncpg.Connection
+) -> None:
+    """Another instance may have recorded the identity since: its cursors and metadata time
+    are read again for that consumer alone, and a cursor never moves back."""
+    await db.execute("""
+        INSERT INTO dialog_cursors (dialog_id, conversation_id, consumer_id, last_sequence)
+        VALUES ('d1', 'c1', 'consumer-1', 5), ('d2', 'c2', 'consumer-2', 9)
+    """)
+    pool = await asyncpg.create_pool(database.dsn, min_size=1, max_size=1)
+    try:
+        store = CursorStore(pool, recent_s=3600)
+        await store.refresh("consumer-1")
+        assert store.known_dialogs("consumer-1") == {"d1": "c1"}
+        assert store.known_dialogs("consumer-2") == {} and store.cursor("d2") is None
+        assert store.last_metadata_ms("consumer-1") is None
+        await db.execute("UPDATE dialog_cursors SET last_sequence = 40 WHERE dialog_id = 'd1'")
+        await db.execute("""
+            INSERT INTO conversations (conversation_id, consumer_id, state, stage,
+                                       meta_data_last_update_ts, first_position, last_position)
+            VALUES ('c1', 'consumer-1', 'OPEN', 'OPEN', 7000, 1, 1)""")
+        await store.refresh("consumer-1")
+        assert store.cursor("d1") == 40 and store.last_metadata_ms("consumer-1") == 7000
+        store.sequences["d1"] = 60  # this instance committed further meanwhile
+        await store.refresh("consumer-1")
+        assert store.cursor("d1") == 60, "never back"
+    finally:
+        await pool.close()
+
+
 async def test_malformed_and_other_frames_are_kept(
     database: DatabaseTarget, db: asyncpg.Connection
 ) -> None:

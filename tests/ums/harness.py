@@ -99,6 +99,9 @@ class MemorySink:
 
     # -- the subscriber's Cursors -----------------------------------------------------------------
 
+    async def refresh(self, consumer_id: str) -> None:
+        pass
+
     def known_dialogs(self, consumer_id: str) -> dict[str, str]:
         return {}
 

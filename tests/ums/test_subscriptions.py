@@ -51,6 +51,9 @@ class Log:
     def cursor(self, dialog_id: str) -> int | None:
         return self.stored.get(dialog_id)
 
+    async def refresh(self, consumer_id: str) -> None:
+        pass
+
     def known_dialogs(self, consumer_id: str) -> dict[str, str]:
         return {d: c for d, c in self.known.items() if d not in self.forgotten}
 

@@ -1,0 +1,1 @@
+"""Many instances, one log: instance heartbeats and leases in PostgreSQL (no session state)."""
