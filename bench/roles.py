@@ -61,6 +61,20 @@ def parent_pid(pid: int | str) -> int:
     return 0
 
 
+def free_ports(count: int) -> list[int]:
+    """`count` distinct ports nothing listens on right now (all bound at once, then freed)."""
+    import socket
+
+    probes = [socket.socket() for _ in range(count)]
+    try:
+        for probe in probes:
+            probe.bind(("127.0.0.1", 0))
+        return [int(probe.getsockname()[1]) for probe in probes]
+    finally:
+        for probe in probes:
+            probe.close()
+
+
 async def postmaster_pid(dsn: str) -> int | None:
     """The server's postmaster, if it runs on this machine (a backend's parent)."""
     connection = await asyncpg.connect(dsn)
