@@ -119,7 +119,9 @@ async def build_app(
     # Shared by the sessions ledger and the read API; API requests queue here under load.
     pool = await asyncpg.create_pool(target.dsn, min_size=1, max_size=10)
     try:
-        async with aiohttp.ClientSession() as http:
+        # No connection limit: every identity's websocket is one connection, and aiohttp's
+        # default of 100 per session left identities past the 100th waiting forever.
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http:
             supervisor = Supervisor()
             metrics = Metrics()
             ready = asyncio.Event()

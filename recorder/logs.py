@@ -102,7 +102,19 @@ class _Secrets:
         self._transient: collections.OrderedDict[str, None] = collections.OrderedDict()
         # (detector, literals), swapped as one: the detector runs on the case-folded line and
         # finds any trigger or registered value; `literals` replaces the values exactly.
-        self.patterns: tuple[re.Pattern[str], re.Pattern[str] | None] = (_TRIGGERS_RE, None)
+        self._patterns: tuple[re.Pattern[str], re.Pattern[str] | None] = (_TRIGGERS_RE, None)
+        # Compiled when next needed, not at each add: 2,000 configured identities registered
+        # one by one recompiled a growing pattern 2,000 times (minutes at start).
+        self._dirty = False
+
+    @property
+    def patterns(self) -> tuple[re.Pattern[str], re.Pattern[str] | None]:
+        if self._dirty:
+            with self._lock:
+                if self._dirty:
+                    self._compile()
+                    self._dirty = False
+        return self._patterns
 
     def add(self, value: str, transient: bool) -> None:
         with self._lock:
@@ -118,18 +130,18 @@ class _Secrets:
             else:
                 self._pinned[value] = None
                 self._transient.pop(value, None)
-            self._compile()
+            self._dirty = True
 
     def clear(self) -> None:
         with self._lock:
             self._pinned.clear()
             self._transient.clear()
-            self._compile()
+            self._dirty = True
 
     def _compile(self) -> None:
         values = sorted({*self._pinned, *self._transient}, key=len, reverse=True)
         if not values:
-            self.patterns = (_TRIGGERS_RE, None)
+            self._patterns = (_TRIGGERS_RE, None)
             return
         # The detector runs on the case-folded line (casefold, unlike lower, ignores context, so
         # a value in the line is still in the folded line); a hit in another case finds nothing
@@ -137,7 +149,7 @@ class _Secrets:
         folded = {value.casefold() for value in values}
         extra = sorted((v for v in folded if not any(t in v for t in _TRIGGERS)), key=len,
                        reverse=True)
-        self.patterns = (
+        self._patterns = (
             re.compile("|".join(map(re.escape, (*extra, *_TRIGGERS)))),
             re.compile("|".join(map(re.escape, values))),
         )

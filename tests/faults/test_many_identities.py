@@ -1,4 +1,6 @@
-"""Fifty identities in one daemon, one of them with a token the platform will never accept."""
+"""A hundred and fifty identities in one daemon (past aiohttp's default of 100 connections per
+client session, which once left the rest waiting forever), one of them with a token the
+platform will never accept."""
 
 from __future__ import annotations
 
@@ -33,11 +35,11 @@ def token_signed_with_another_key(sub: str) -> str:
     return jwt.encode(claims, secrets.token_bytes(32), algorithm="HS256")
 
 
-async def test_fifty_identities_one_with_a_permanently_bad_token(
+async def test_150_identities_one_with_a_permanently_bad_token(
     database: DatabaseTarget, db: asyncpg.Connection
 ) -> None:
     async with Simulator(account=ACCOUNT, seed=108) as sim:
-        consumers = [sim.new_consumer() for _ in range(49)]
+        consumers = [sim.new_consumer() for _ in range(149)]
         impostor = sim.new_consumer()
         sim.create_conversation(impostor)  # something to record, had the token been good
         identities = [
@@ -55,5 +57,6 @@ async def test_fifty_identities_one_with_a_permanently_bad_token(
 
         assert bad.connections == 0
         assert all(client.connections >= 1 for client in daemon.app.clients[:-1])
+        assert len(daemon.app.clients) == 150
         assert code == 0
         await oracle.assert_oracle(sim, consumers, database, db)
