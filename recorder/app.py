@@ -117,7 +117,7 @@ async def build_app(
         check_listen_allowed(api_host, api_token)
     await migrate.require_current_schema(target)
     # Shared by the sessions ledger and the read API; API requests queue here under load.
-    pool = await asyncpg.create_pool(target.dsn, min_size=1, max_size=10)
+    pool = await asyncpg.create_pool(target.dsn, **target.connect_options(min_size=1, max_size=10))
     try:
         # No connection limit: every identity's websocket is one connection, and aiohttp's
         # default of 100 per session left identities past the 100th waiting forever.
@@ -125,7 +125,9 @@ async def build_app(
             supervisor = Supervisor()
             metrics = Metrics()
             ready = asyncio.Event()
-            wakeups = CommitWakeups(target, listen=settings.listen_notify and not ingest)
+            # LISTEN needs a session of its own: not through a transaction-pooling PgBouncer.
+            wakeups = CommitWakeups(
+                target, listen=settings.listen_notify and not ingest and not target.pooled)
             app = App(tuple(r for r in ROLES if r in roles), supervisor, metrics, wakeups)
             if ingest or project:
                 app.coordinator = _coordinator(settings, pool, ingest=ingest, project=project)

@@ -77,6 +77,7 @@ class Settings:
     closed_grace_s: float = 3600.0
     instance: str | None = None
     lease_ttl_s: float = 15.0
+    database_pooling: str = "session"
 
     @property
     def instance_name(self) -> str:
@@ -367,6 +368,12 @@ SETTINGS: tuple[SettingSpec, ...] = (
         "how long the dialogs of a closed conversation stay subscribed (late receipts, survey "
         "answers) before they are let go of and not resubscribed on reconnect",
         f"0 to {CLOSED_GRACE_S_MAX:,} (seconds)", "`3600`",
+    ),
+    SettingSpec(
+        "database_pooling", "RECORDER_DATABASE_POOLING", _choice("session", "transaction"),
+        "`transaction` when RECORDER_DATABASE_URL goes through a transaction-pooling PgBouncer: "
+        "no prepared statements kept, no LISTEN (the roles poll), export jobs locked by lease",
+        "`session` or `transaction`", "`session`",
     ),
     SettingSpec(
         "instance", "RECORDER_INSTANCE", _instance,

@@ -64,7 +64,8 @@ def fair_share(resources: int, live_instances: int) -> int:
 class LeaseBook:
     """The lease statements for one instance name, over a pool (one statement per call)."""
 
-    def __init__(self, pool: asyncpg.Pool, instance: str, ttl_s: float) -> None:
+    def __init__(self, pool: asyncpg.Pool | asyncpg.Connection, instance: str,
+                 ttl_s: float) -> None:
         self._pool = pool
         self.instance = instance
         self.ttl_s = ttl_s

@@ -50,7 +50,8 @@ class LeaderConnection:
             return self.connection
         self.is_leader = False
         connection = await asyncpg.connect(
-            self._target.dsn, server_settings=self._server_settings, timeout=10,
+            self._target.dsn, **self._target.connect_options(
+                server_settings=self._server_settings), timeout=10,
             command_timeout=self._command_timeout,
         )
         try:

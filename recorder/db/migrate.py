@@ -41,9 +41,11 @@ async def _with_connection(target: DatabaseTarget, work: Callable[[Connection], 
     # asyncpg parses the URL itself, so libpq-style parameters (sslmode=…) work as they do
     # for the writer; SQLAlchemy would pass them on as unknown keyword arguments.
     async def connect() -> Any:
-        return await asyncpg.connect(target.dsn)
+        return await asyncpg.connect(target.dsn, **target.connect_options())
 
-    engine = create_async_engine("postgresql+asyncpg://", async_creator=connect)
+    # Behind a transaction-pooling PgBouncer, SQLAlchemy must not keep prepared statements.
+    url = "postgresql+asyncpg://" + ("?prepared_statement_cache_size=0" if target.pooled else "")
+    engine = create_async_engine(url, async_creator=connect)
     try:
         connection = engine.connect()
         try:

@@ -6,6 +6,7 @@ import contextlib
 import dataclasses
 import logging
 from collections.abc import AsyncIterator
+from typing import Any
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
 
 import asyncpg
@@ -18,12 +19,34 @@ from recorder.logs import event
 log = logging.getLogger(__name__)
 
 
+#: Startup parameters a transaction-pooling PgBouncer keeps per client (it sets them on
+#: whichever server connection serves the client); any other one it refuses at connect.
+POOLER_TRACKED_SETTINGS = frozenset(
+    {"application_name", "client_encoding", "datestyle", "timezone",
+     "standard_conforming_strings"})
+
+
 @dataclasses.dataclass(frozen=True)
 class DatabaseTarget:
-    """A reachable database: `dsn` for asyncpg, `sqlalchemy_url` for SQLAlchemy and alembic."""
+    """A reachable database: `dsn` for asyncpg, `sqlalchemy_url` for SQLAlchemy and alembic.
+
+    `pooled`: the URL reaches PostgreSQL through a transaction-pooling PgBouncer
+    (RECORDER_DATABASE_POOLING=transaction): no named prepared statements (PgBouncer 1.18
+    cannot route them) and only the session settings PgBouncer tracks."""
 
     dsn: str
     embedded: bool
+    pooled: bool = False
+
+    def connect_options(self, **options: Any) -> dict[str, Any]:
+        """asyncpg connect/create_pool keyword arguments for this target."""
+        if self.pooled:
+            options["statement_cache_size"] = 0
+            settings = options.get("server_settings")
+            if settings:
+                options["server_settings"] = {
+                    k: v for k, v in settings.items() if k in POOLER_TRACKED_SETTINGS}
+        return options
 
     @property
     def sqlalchemy_url(self) -> str:
@@ -81,7 +104,8 @@ def url_passwords(url: str) -> list[str]:
 async def open_database(settings: Settings) -> AsyncIterator[DatabaseTarget]:
     """The configured server, or the embedded one (started now, released on exit)."""
     if settings.database_url is not None:
-        target = DatabaseTarget(dsn=to_asyncpg_dsn(settings.database_url.reveal()), embedded=False)
+        target = DatabaseTarget(dsn=to_asyncpg_dsn(settings.database_url.reveal()), embedded=False,
+                                pooled=settings.database_pooling == "transaction")
         log.info("using %s", target.describe(), extra=event("database.target.selected"))
         yield target
         return
@@ -93,9 +117,11 @@ async def open_database(settings: Settings) -> AsyncIterator[DatabaseTarget]:
         await embedded.stop()
 
 
-async def connect(target: DatabaseTarget | str, **kwargs: object) -> asyncpg.Connection:
+async def connect(target: DatabaseTarget | str, **kwargs: Any) -> asyncpg.Connection:
     """One asyncpg connection; connection failures become DatabaseError without the password."""
     dsn = target.dsn if isinstance(target, DatabaseTarget) else target
+    if isinstance(target, DatabaseTarget):
+        kwargs = target.connect_options(**kwargs)
     try:
         return await asyncpg.connect(dsn, **kwargs)
     except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:

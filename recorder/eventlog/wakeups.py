@@ -75,7 +75,8 @@ class CommitWakeups:
         while not stop.is_set():
             lost = asyncio.Event()
             try:
-                connection = await asyncpg.connect(self._target.dsn, timeout=10)
+                connection = await asyncpg.connect(
+                    self._target.dsn, timeout=10, **self._target.connect_options())
             except _CONNECTION_ERRORS as exc:
                 attempt += 1
                 delay = backoff_s(attempt, self._max_backoff)

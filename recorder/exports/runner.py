@@ -42,6 +42,7 @@ import orjson
 import pyarrow as pa
 
 from recorder import __version__
+from recorder.coordination.leases import Held, LeaseBook
 from recorder.db import migrate
 from recorder.db.target import DatabaseTarget, connect
 from recorder.errors import ConfigError, RecorderError
@@ -137,6 +138,10 @@ class Target:
         return self.data_path(window)
 
 
+#: How long an export job's lease (pooled databases) outlives a silent runner.
+JOB_LEASE_TTL_S = 30.0
+
+
 class Exporter:
     def __init__(
         self,
@@ -162,6 +167,13 @@ class Exporter:
 
         Raises JobBusyError when another run of the job holds its lock.
         """
+        if self._target.pooled:
+            async with self._job_lease(job.name):
+                book = await self._connect()
+                try:
+                    return await self._run_locked(book, job, scheduled_for, progress, now)
+                finally:
+                    await _close(book)
         book = await self._connect()
         try:
             if not await book.fetchval(q.TRY_JOB_LOCK, q.EXPORT_LOCK_CLASS, job.name):
@@ -173,6 +185,40 @@ class Exporter:
                     await book.fetchval(q.JOB_UNLOCK, q.EXPORT_LOCK_CLASS, job.name)
         finally:
             await _close(book)
+
+    @contextlib.asynccontextmanager
+    async def _job_lease(self, name: str) -> AsyncIterator[None]:
+        """Behind a transaction-pooling PgBouncer a session advisory lock would stay on
+        whichever server connection took it: the job is locked by a lease instead (one row
+        in `leases`, renewed while the run lasts, given back at its end)."""
+        connection = await self._connect()
+        book = LeaseBook(connection, f"{self._host}-{os.getpid()}", JOB_LEASE_TTL_S)
+        resource = f"export-job:{name}"
+        try:
+            await book.ensure([resource])
+            taken = await book.acquire([resource], 1)
+            if not taken:
+                raise JobBusyError(f"export job {name!r} is running in another process")
+            held = Held(resource, taken[0].epoch, 0.0)
+            renewing = asyncio.create_task(self._renew_job_lease(book, held))
+            try:
+                yield
+            finally:
+                renewing.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await renewing
+                with contextlib.suppress(Exception):
+                    await book.release(held, "export done")
+        finally:
+            await _close(connection)
+
+    async def _renew_job_lease(self, book: LeaseBook, held: Held) -> None:
+        while True:
+            await asyncio.sleep(JOB_LEASE_TTL_S / 3)
+            if not await book.renew([held]):
+                log.error("export job lease %s was lost; another run may start", held.resource,
+                          extra=event("export.lease.lost"))
+                return
 
     async def _run_locked(
         self, book: asyncpg.Connection, job: ExportJob, scheduled_for: dt.datetime | None,

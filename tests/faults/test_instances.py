@@ -62,10 +62,10 @@ async def holders(db: asyncpg.Connection) -> dict[str, str]:
 
 
 async def all_held_by(db: asyncpg.Connection, names: set[str], what: str,
-                      within_s: float = 60.0) -> float:
+                      within_s: float = 60.0, identities: int = IDENTITIES) -> float:
     async def held() -> bool:
         now = await holders(db)
-        return len(now) == IDENTITIES and set(now.values()) == names
+        return len(now) == identities and set(now.values()) == names
 
     return await poll(held, what, within_s=within_s, every_s=0.2)
 
