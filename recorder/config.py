@@ -207,12 +207,16 @@ def _database_url(value: Any, name: str) -> Secret:
     if scheme not in ("postgresql", "postgres", "postgresql+asyncpg"):
         # The URL may hold a password: name the setting, never echo the value.
         raise ConfigError(name, "must be a postgresql:// URL")
-    try:
-        port = urlsplit(text).port
-    except ValueError:
-        port = -1
-    if port is not None and not 0 < port < 65536:
-        raise ConfigError(name, "has a port that is not a number from 1 to 65535")
+    # Several hosts (`host1:5432,host2:5432`, libpq's syntax for failover with
+    # target_session_attrs): each one's port is checked.
+    hosts = urlsplit(text).netloc.rsplit("@", 1)[-1]
+    for host in hosts.split(","):
+        try:
+            port = urlsplit(f"//{host}").port
+        except ValueError:
+            port = -1
+        if port is not None and not 0 < port < 65536:
+            raise ConfigError(name, "has a port that is not a number from 1 to 65535")
     return Secret(text)
 
 

@@ -559,6 +559,15 @@ def test_database_url_with_a_non_numeric_port_is_rejected_at_start() -> None:
     assert "pw" not in str(caught.value)
 
 
+def test_database_url_may_name_several_hosts_each_port_checked() -> None:
+    several = "postgresql://u:pw@db1:5432,db2:5433/d?target_session_attrs=read-write"
+    settings = load_settings(environ={"RECORDER_DATABASE_URL": several})
+    assert settings.database_url is not None and settings.database_url.reveal() == several
+    with pytest.raises(ConfigError) as caught:
+        load_settings(environ={"RECORDER_DATABASE_URL": "postgresql://u:pw@db1:5432,db2:x/d"})
+    assert caught.value.setting == "RECORDER_DATABASE_URL" and "pw" not in str(caught.value)
+
+
 def test_a_consumer_named_default_clashes_with_the_single_identity(tmp_path: Path) -> None:
     config = tmp_path / "recorder.toml"
     config.write_text('[[consumers]]\nname = "default"\nsignup = true\n')

@@ -20,8 +20,14 @@ from recorder.db.target import DatabaseTarget
 from recorder.simulator import Simulator
 from recorder.status import read_status
 from tests.faults import oracle
-from tests.faults.harness import ACCOUNT, DaemonProcess, head_reaches, poll
-from tests.faults.test_process_faults import config_file, token_file_identities
+from tests.faults.harness import (
+    ACCOUNT,
+    DaemonProcess,
+    head_reaches,
+    poll,
+    token_file_identities,
+)
+from tests.faults.test_process_faults import config_file
 
 pytestmark = pytest.mark.slow
 

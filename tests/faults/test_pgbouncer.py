@@ -22,9 +22,15 @@ import pytest
 from recorder.db.target import DatabaseTarget
 from recorder.simulator import Simulator
 from tests.faults import oracle
-from tests.faults.harness import ACCOUNT, DaemonProcess, head_reaches, poll
+from tests.faults.harness import (
+    ACCOUNT,
+    DaemonProcess,
+    head_reaches,
+    poll,
+    token_file_identities,
+)
 from tests.faults.test_instances import LEASE_TTL_S, TAKEOVER_BUDGET_S, all_held_by, holders
-from tests.faults.test_process_faults import config_file, token_file_identities
+from tests.faults.test_process_faults import config_file
 from tests.helpers import free_port
 
 pytestmark = pytest.mark.slow
