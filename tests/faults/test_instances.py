@@ -1,15 +1,19 @@
 """Many instances, one log (issue 15): real `recorder run` processes sharing one database and
 the simulator's identities by leases. `kill -9` of an instance mid-stream (the projector's
-holder), a fourth instance joining, and an instance frozen past its leases then woken: each
-time every identity is recorded by someone within the budget, and the log is exact."""
+holder), a fourth instance joining, an export by hand, and an instance frozen past its leases
+then woken: each time every identity is recorded by someone within the budget, and the log is
+exact. Each scenario runs twice: straight to PostgreSQL, and through a real PgBouncer in
+transaction pooling mode (RECORDER_DATABASE_POOLING=transaction: no session state)."""
 
 from __future__ import annotations
 
 import asyncio
 import os
 import signal
+import sys
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import aiohttp
@@ -27,6 +31,7 @@ from tests.faults.harness import (
     poll,
     token_file_identities,
 )
+from tests.faults.pgbouncer import pgbouncer
 from tests.faults.test_process_faults import config_file
 
 pytestmark = pytest.mark.slow
@@ -45,13 +50,27 @@ SELECT holder FROM leases WHERE resource = 'projector' AND expires_at > now()
 """
 
 
+@pytest.fixture(params=["direct", "pgbouncer"])
+async def database_url(request: pytest.FixtureRequest,
+                       database: DatabaseTarget) -> AsyncIterator[str | None]:
+    """The URL the instances use: the database itself, or a PgBouncer in front of it; None
+    for direct (RECORDER_DATABASE_POOLING stays `session`)."""
+    if request.param == "direct":
+        yield None
+        return
+    async with pgbouncer(database, Path(tempfile.mkdtemp(prefix="recorder-pgbouncer-"))) as url:
+        yield url
+
+
 def instance(name: str, tmp_path: Path, database: DatabaseTarget, sim: Simulator,
-             config: Path) -> DaemonProcess:
+             config: Path, bounced: str | None = None) -> DaemonProcess:
     directory = tmp_path / name
     directory.mkdir()
+    pooling = {} if bounced is None else {"RECORDER_DATABASE_POOLING": "transaction"}
     return DaemonProcess(
         {
-            "RECORDER_DATABASE_URL": database.dsn,
+            **pooling,
+            "RECORDER_DATABASE_URL": bounced or database.dsn,
             "RECORDER_ACCOUNT": ACCOUNT,
             "RECORDER_UMS_URL": sim.ws_url,
             "RECORDER_CONFIG": str(config),
@@ -95,16 +114,18 @@ def assert_clean(daemons: list[DaemonProcess]) -> None:
 
 
 async def test_an_instance_killed_mid_stream_is_covered_and_a_new_one_takes_its_share(
-    database: DatabaseTarget, db: asyncpg.Connection, tmp_path: Path,
-    record_property: Callable[[str, object], None],
+    database: DatabaseTarget, database_url: str | None, db: asyncpg.Connection,
+    tmp_path: Path, record_property: Callable[[str, object], None],
 ) -> None:
     async with Simulator(account=ACCOUNT, seed=151) as sim:
         consumers = [sim.new_consumer() for _ in range(IDENTITIES)]
+        exports = tmp_path / "exports"
         config = config_file(tmp_path / "recorder.toml",
                              token_file_identities(sim, consumers, tmp_path))
-        daemons = {name: instance(name, tmp_path, database, sim, config)
+        config.write_text(config.read_text() + EXPORT_JOB.format(directory=exports))
+        daemons = {name: instance(name, tmp_path, database, sim, config, database_url)
                    for name in ("a", "b", "c", "d")}
-        traffic = sim.start_traffic(consumers, 3, rate=150, total_events=4500)
+        traffic = sim.start_traffic(consumers, 3, rate=150, total_events=3600)
         try:
             for name in ("a", "b", "c"):
                 await daemons[name].start()
@@ -138,7 +159,8 @@ async def test_an_instance_killed_mid_stream_is_covered_and_a_new_one_takes_its_
                 assert f"  {name} on " in status and "live (ingest, project" in status, status
             assert f"  {victim} on " in status and ": down, last heartbeat" in status, status
             assert status.count(f"    holds {SHARE} identities: c") == 3, status
-            assert status.count("lease\n") == 1 and "holds the projector" in status, status
+            singletons = [line for line in status.splitlines() if line.startswith("    holds the ")]
+            assert "projector" in "".join(singletons) and "exports" in "".join(singletons), status
             assert "lease moves (latest first):" in status and "-> d (epoch" in status, status
             async def sampled() -> bool:  # role processes sample their leases each second
                 held = [await scrape(daemons[name]) for name in survivors | {"d"}]
@@ -151,6 +173,7 @@ async def test_an_instance_killed_mid_stream_is_covered_and_a_new_one_takes_its_
 
             await asyncio.wait_for(traffic, 90)
             await oracle.wait_until_recorded(sim, consumers, db, within_s=60)
+            await export_by_hand(daemons["d"], exports, db, pooled=database_url is not None)
             await stop_all([d for n, d in daemons.items() if n != victim])
         finally:
             for daemon in daemons.values():
@@ -161,6 +184,38 @@ async def test_an_instance_killed_mid_stream_is_covered_and_a_new_one_takes_its_
         moves = await db.fetch("SELECT from_instance, to_instance, reason FROM lease_moves")
         assert any(m["from_instance"] == victim and m["reason"] == "expired" for m in moves)
         assert any(m["to_instance"] == "d" for m in moves)
+
+
+EXPORT_JOB = """
+[[exports]]
+name = "hourly"
+kind = "events"
+format = "jsonl"
+directory = "{directory}"
+schedule = "1h"
+"""
+
+
+def exported(directory: Path) -> list[Path]:
+    return list(directory.glob("*.jsonl*"))
+
+
+async def export_by_hand(daemon: DaemonProcess, exports: Path, db: asyncpg.Connection, *,
+                         pooled: bool) -> None:
+    """`recorder export hourly` beside the instances; through PgBouncer its job is locked by a
+    lease row (a session advisory lock would stay on whichever server connection took it)."""
+    done = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "recorder", "export", "hourly", env=dict(daemon._env),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+    output, _ = await asyncio.wait_for(done.communicate(), 120)
+    assert done.returncode == 0, output.decode()[-3000:]
+    assert exported(exports), output.decode()[-3000:]
+    lease = await db.fetchrow("SELECT holder, expires_at <= now() AS free FROM leases "
+                              "WHERE resource = 'export-job:hourly'")
+    if pooled:
+        assert lease is not None and lease["holder"] is None and lease["free"], lease
+    else:
+        assert lease is None, "straight to PostgreSQL the advisory lock is used"
 
 
 async def scrape(daemon: DaemonProcess) -> dict[tuple[str, str], float]:
@@ -194,13 +249,15 @@ def process_tree(pid: int) -> list[int]:
 
 
 async def test_an_instance_frozen_past_its_leases_wakes_harmless(
-    database: DatabaseTarget, db: asyncpg.Connection, tmp_path: Path,
+    database: DatabaseTarget, database_url: str | None, db: asyncpg.Connection,
+    tmp_path: Path,
 ) -> None:
     async with Simulator(account=ACCOUNT, seed=152) as sim:
         consumers = [sim.new_consumer() for _ in range(IDENTITIES)]
         config = config_file(tmp_path / "recorder.toml",
                              token_file_identities(sim, consumers, tmp_path))
-        daemons = {name: instance(name, tmp_path, database, sim, config) for name in ("a", "b")}
+        daemons = {name: instance(name, tmp_path, database, sim, config, database_url)
+                   for name in ("a", "b")}
         traffic = sim.start_traffic(consumers, 3, rate=150, total_events=3000)
         frozen: list[int] = []
         try:
