@@ -187,13 +187,6 @@ class CursorStore:
         self._last_metadata_ms: dict[str, int] = {}
         self._not_open: set[str] = set()  # loaded conversations the projection showed closed
 
-    async def load(self, pool: Any, recent_s: float = RECENT_DIALOG_SECONDS) -> None:
-        """Every consumer's dialogs worth resuming (tools and tests; `recorder run` refreshes
-        one identity at a time as its sessions open)."""
-        self._merge(await pool.fetch(sql.LOAD_CURSORS, recent_s))
-        for row in await pool.fetch(sql.LAST_METADATA_MS):
-            self._last_metadata_ms[row["consumer_id"]] = row["last_ms"]
-
     async def refresh(self, consumer_id: str) -> None:
         """Re-read one consumer's cursors and newest metadata time from the database, as its
         session opens: another instance may have recorded it since (leases move identities),
@@ -316,9 +309,3 @@ class RecordingSink:
             payload=canonical.decode(),
         ))
         self.stats.events += 1
-
-
-async def load_cursors(pool: asyncpg.Pool, recent_s: float = RECENT_DIALOG_SECONDS) -> CursorStore:
-    store = CursorStore(pool, recent_s)
-    await store.load(pool, recent_s)
-    return store

@@ -135,47 +135,27 @@ SET last_sequence = GREATEST(dialog_cursors.last_sequence, EXCLUDED.last_sequenc
     updated_at = now()
 """
 
-# The dialogs worth resuming at start: of a conversation the projection shows open, or with
-# events stored within the last $1 seconds (which covers what the projection has not caught
-# up with). Read only, and only at start: no index on updated_at taxes the writer for it.
-LOAD_CURSORS = """
+# What an identity ($2) resumes from when its session opens, on whichever instance holds it
+# now (dialog_cursors_consumer_id_idx): the dialogs of conversations the projection shows
+# open, and those with events stored within the last $1 seconds (which covers what the
+# projection has not caught up with).
+LOAD_CONSUMER_CURSORS = """
 WITH open AS (
     SELECT conversation_id FROM conversations WHERE state = 'OPEN' OR stage = 'OPEN'
 )
 SELECT d.dialog_id, d.conversation_id, d.consumer_id, d.last_sequence,
        d.conversation_id IN (SELECT conversation_id FROM open) AS open
 FROM dialog_cursors d
-WHERE d.updated_at > now() - make_interval(secs => $1)
-   OR d.conversation_id IN (SELECT conversation_id FROM open)
-"""
-
-# LOAD_CURSORS for one consumer ($2): what an identity resumes from when its session opens,
-# on whichever instance holds it now (dialog_cursors_consumer_id_idx).
-LOAD_CONSUMER_CURSORS = """
-SELECT d.dialog_id, d.conversation_id, d.consumer_id, d.last_sequence,
-       EXISTS (SELECT 1 FROM conversations c
-               WHERE c.conversation_id = d.conversation_id
-                 AND (c.state = 'OPEN' OR c.stage = 'OPEN')) AS open
-FROM dialog_cursors d
 WHERE d.consumer_id = $2
   AND (d.updated_at > now() - make_interval(secs => $1)
-       OR EXISTS (SELECT 1 FROM conversations c
-                  WHERE c.conversation_id = d.conversation_id
-                    AND (c.state = 'OPEN' OR c.stage = 'OPEN')))
+       OR d.conversation_id IN (SELECT conversation_id FROM open))
 """
 
-CONSUMER_LAST_METADATA_MS = """
-SELECT max(meta_data_last_update_ts) FROM conversations WHERE consumer_id = $1
-"""
-
-# The newest conversation metadata time (epoch ms) the projection holds per consumer: the
+# The newest conversation metadata time (epoch ms) the projection holds for a consumer: the
 # lower bound of the next ExConversations snapshot, less a margin. A lagging projection gives
 # an older time, so a wider snapshot, never a narrower one.
-LAST_METADATA_MS = """
-SELECT consumer_id, max(meta_data_last_update_ts) AS last_ms
-FROM conversations
-WHERE meta_data_last_update_ts IS NOT NULL
-GROUP BY consumer_id
+CONSUMER_LAST_METADATA_MS = """
+SELECT max(meta_data_last_update_ts) FROM conversations WHERE consumer_id = $1
 """
 
 # -- health of the log, for `recorder status` (read only) ----------------------------------------

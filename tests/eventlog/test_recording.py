@@ -16,7 +16,6 @@ from recorder.db.target import DatabaseTarget
 from recorder.eventlog.recording import (
     CursorStore,
     RecordingSink,
-    load_cursors,
     record_notification,
 )
 from recorder.eventlog.writer import EventWriter
@@ -193,7 +192,8 @@ async def test_cursors_move_only_with_committed_events(
     assert tuple(stored) == (1, "c1")
     pool = await asyncpg.create_pool(database.dsn, min_size=1, max_size=1)
     try:
-        reloaded = await load_cursors(pool)
+        reloaded = CursorStore(pool)
+        await reloaded.refresh("consumer-1")
     finally:
         await pool.close()
     assert reloaded.cursor("d1") == 1
@@ -203,7 +203,7 @@ async def test_cursors_move_only_with_committed_events(
 async def test_the_cursor_store_loads_only_what_is_worth_resuming(
     database: DatabaseTarget, db: asyncpg.Connection
 ) -> None:
-    """At start: the dialogs of conversations the projection shows open (however old their
+    """As a session opens: the dialogs of conversations the projection shows open (however old their
     cursor), and those stored to lately; not the closed history. The newest metadata time per
     consumer comes along, for the snapshot's lower bound."""
     await db.execute("""
@@ -225,7 +225,9 @@ async def test_the_cursor_store_loads_only_what_is_worth_resuming(
     """)
     pool = await asyncpg.create_pool(database.dsn, min_size=1, max_size=1)
     try:
-        store = await load_cursors(pool, recent_s=3600)
+        store = CursorStore(pool, recent_s=3600)
+        for consumer in ("consumer-1", "consumer-2", "consumer-3"):
+            await store.refresh(consumer)
     finally:
         await pool.close()
     assert store.known_dialogs("consumer-1") == {
