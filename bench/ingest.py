@@ -622,6 +622,8 @@ async def running_daemon(
         load_settings(environ={}),
         account=ACCOUNT,
         ums_url=ws_url,
+        # Agent profiles (and the history) from the simulator, as LivePerson's CSDS names them.
+        csds_url="http" + ws_url.removeprefix("ws"),
         consumers=tuple(
             ConsumerIdentity(name=f"bench-{n}", jwt=Secret(token))
             for n, (_, token) in enumerate(identities, 1)

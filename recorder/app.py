@@ -37,6 +37,10 @@ from recorder.eventlog.wakeups import CommitWakeups
 from recorder.eventlog.writer import EventWriter
 from recorder.exports.runner import Exporter
 from recorder.exports.scheduler import ExportScheduler
+from recorder.history.messaging_history import MessagingHistory
+from recorder.history.profiles import AgentProfiles
+from recorder.history.reconciler import IdentityTokens, Reconciler, ReconnectWatch
+from recorder.history.rest import RestClient
 from recorder.identities import require_recording_settings, token_source
 from recorder.metrics import Metrics
 from recorder.notify import Notifier
@@ -45,6 +49,7 @@ from recorder.supervisor import Supervisor
 from recorder.ums.client import ClientSettings, ConsumerClient
 from recorder.ums.discovery import Discovery
 from recorder.ums.subscriptions import Subscriber
+from recorder.ums.tokens import TokenSource
 from recorder.watchdog import ServiceWatchdog
 
 ROLES = ("ingest", "project", "serve")
@@ -66,6 +71,8 @@ class App:
     subscribers: list[Subscriber] = dataclasses.field(default_factory=list)
     exports: ExportScheduler | None = None
     coordinator: Coordinator | None = None
+    profiles: AgentProfiles | None = None
+    reconciler: Reconciler | None = None
 
     async def run(self, stop: asyncio.Event) -> int:
         return await self.supervisor.run(stop)
@@ -241,17 +248,21 @@ async def _add_identities(
             return fixed
 
         ums_url = configured_ums_url
-    for identity in settings.identities():
+    sources = [(identity.name, token_source(identity, account, http, discovery.idp_url))
+               for identity in settings.identities()]
+    _add_history(app, settings, pool, http, account, discovery, sources)
+    for identity, (_, tokens) in zip(settings.identities(), sources, strict=True):
         subscriber = Subscriber(app.cursors, client_settings,
                                 closed_grace_s=settings.closed_grace_s)
         sink = RecordingSink(app.writer, account, follower=subscriber)
         client = ConsumerClient(
             account=account,
-            tokens=token_source(identity, account, http, discovery.idp_url),
+            tokens=tokens,
             ums_url=ums_url,
             session=http,
             handler=sink,
-            sessions=subscriber,
+            sessions=(subscriber if app.reconciler is None
+                      else ReconnectWatch(subscriber, app.reconciler)),
             ledger=app.ledger,
             settings=client_settings,
         )
@@ -264,3 +275,33 @@ async def _add_identities(
         app.clients.append(client)
         app.sinks.append(sink)
         app.subscribers.append(subscriber)
+
+
+def _add_history(
+    app: App, settings: Settings, pool: asyncpg.Pool, http: aiohttp.ClientSession,
+    account: str, discovery: Discovery, sources: list[tuple[str, TokenSource]],
+) -> None:
+    """Agent profiles and reconciliation with LivePerson's history, on the ingest role's
+    writer, for the identities this instance holds."""
+    if not (settings.agent_profiles or settings.reconcile):
+        return
+    assert app.writer is not None and app.coordinator is not None
+    coordinator, metrics = app.coordinator, app.metrics
+    rest = RestClient(http, requests_per_minute=settings.rest_requests_per_minute,
+                      server_error_delays_s=settings.rest_retry_s, observe=metrics.observe_rest)
+    if settings.agent_profiles:
+        app.profiles = AgentProfiles(rest, discovery.agent_profile_url, app.writer.put, pool,
+                                     account, ttl_s=settings.agent_profile_ttl_s,
+                                     observe=metrics.observe_profile)
+        app.writer.add_listener(app.profiles.committed)
+        app.supervisor.add("agent-profiles", app.profiles.run, drain_s=5)
+    if settings.reconcile:
+        tokens = IdentityTokens(
+            sources, held=lambda name: coordinator.holding(identity_resource(name)) is not None)
+        app.reconciler = Reconciler(
+            pool, app.writer.put, MessagingHistory(rest, discovery.history_url, account),
+            tokens, account, after_s=settings.reconcile_after_s,
+            retry_s=settings.reconcile_retry_s,
+            requests_per_minute=settings.rest_requests_per_minute,
+            observe=lambda o: metrics.observe_reconciliation(o.status, o.only_in_log))
+        app.supervisor.add("reconciler", app.reconciler.run, drain_s=10)

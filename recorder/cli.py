@@ -77,6 +77,12 @@ async def cmd_export(settings: Settings, args: argparse.Namespace) -> int:
     return await export_command(settings, args)
 
 
+async def cmd_reconcile(settings: Settings, args: argparse.Namespace) -> int:
+    from recorder.history.command import reconcile_command
+
+    return await reconcile_command(settings, args)
+
+
 async def cmd_grant_reader(settings: Settings, args: argparse.Namespace) -> int:
     from recorder.db.grants import grant_reader_command
 
@@ -178,6 +184,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     export.add_arguments(export_parser)
     export_parser.set_defaults(handler=cmd_export)
+
+    from recorder.history import command as reconcile
+
+    reconcile_parser = commands.add_parser(
+        "reconcile", help="check conversations against LivePerson's messaging history now and "
+        "backfill what the log lacks; prints a report"
+    )
+    reconcile.add_arguments(reconcile_parser)
+    reconcile_parser.set_defaults(handler=cmd_reconcile)
 
     from recorder.db import grants
 

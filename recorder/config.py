@@ -78,6 +78,13 @@ class Settings:
     instance: str | None = None
     lease_ttl_s: float = 15.0
     database_pooling: str = "session"
+    agent_profiles: bool = True
+    agent_profile_ttl_s: float = 86_400.0
+    reconcile: bool = True
+    reconcile_after_s: float = 300.0
+    reconcile_retry_s: float = 900.0
+    rest_requests_per_minute: float = 120.0
+    rest_retry_s: tuple[float, ...] = (5.0, 10.0, 15.0)
 
     @property
     def instance_name(self) -> str:
@@ -261,6 +268,19 @@ def _listen(value: Any, name: str) -> str:
     return text
 
 
+def _delays(value: Any, name: str) -> tuple[float, ...]:
+    """Retry delays in seconds: a TOML array or comma-separated text, 1 to 10 of them."""
+    items = value if isinstance(value, list) else str(value).split(",")
+    try:
+        delays = tuple(float(str(item).strip()) for item in items)
+    except ValueError:
+        raise ConfigError(name, f"must be seconds separated by commas, got {value!r}") from None
+    if not 1 <= len(delays) <= 10 or not all(math.isfinite(d) and 0 <= d <= 600
+                                              for d in delays):
+        raise ConfigError(name, "must be 1 to 10 delays of 0 to 600 seconds each")
+    return delays
+
+
 @dataclasses.dataclass(frozen=True)
 class SettingSpec:
     field: str
@@ -378,6 +398,43 @@ SETTINGS: tuple[SettingSpec, ...] = (
         "`transaction` when RECORDER_DATABASE_URL goes through a transaction-pooling PgBouncer: "
         "no prepared statements kept, no LISTEN (the roles poll), export jobs locked by lease",
         "`session` or `transaction`", "`session`",
+    ),
+    SettingSpec(
+        "agent_profiles", "RECORDER_AGENT_PROFILES", _switch,
+        "fetch each agent's public profile (nickname, picture) as the agent first appears, "
+        "into the log as an `agent` event", "`true` or `false`", "`true`",
+    ),
+    SettingSpec(
+        "agent_profile_ttl_s", "RECORDER_AGENT_PROFILE_TTL_S", _number(60, 30 * 86_400),
+        "how long a fetched profile (or a 404: unknown agent) is kept before it is fetched "
+        "again on the agent's next appearance", "60 to 2,592,000 (seconds)", "`86400`",
+    ),
+    SettingSpec(
+        "reconcile", "RECORDER_RECONCILE", _switch,
+        "check each closed conversation against LivePerson's Messaging History and backfill "
+        "what the socket never delivered", "`true` or `false`", "`true`",
+    ),
+    SettingSpec(
+        "reconcile_after_s", "RECORDER_RECONCILE_AFTER_S", _number(0, 7 * 86_400),
+        "how long a closed conversation stays quiet before it is checked (the history needs "
+        "time too); also the delay after a reconnect before open conversations are checked",
+        "0 to 604,800 (seconds)", "`300`",
+    ),
+    SettingSpec(
+        "reconcile_retry_s", "RECORDER_RECONCILE_RETRY_S", _number(1, 7 * 86_400),
+        "how long before a conversation checked against a partial history, or whose check "
+        "failed, is checked again", "1 to 604,800 (seconds)", "`900`",
+    ),
+    SettingSpec(
+        "rest_requests_per_minute", "RECORDER_REST_REQUESTS_PER_MINUTE", _number(1, 60_000),
+        "budget of REST requests (profiles and history, retries included) per process and "
+        "minute, so a backlog never bursts", "1 to 60,000", "`120`",
+    ),
+    SettingSpec(
+        "rest_retry_s", "RECORDER_REST_RETRY_S", _delays,
+        "delays before each retry of a REST request answered 5xx or not at all (a 429 waits "
+        "at least a second, always)", "1 to 10 delays of 0 to 600 seconds, comma-separated",
+        "`5,10,15`",
     ),
     SettingSpec(
         "instance", "RECORDER_INSTANCE", _instance,

@@ -98,6 +98,8 @@ async def run_demo(settings: Settings, args: argparse.Namespace) -> int:
             account=DEMO_ACCOUNT,
             csds_url=sim.http_url,  # the simulator answers the domain lookup too
             ums_url=None,
+            # A demo shows conversations reconciled with the history within seconds.
+            reconcile_after_s=min(settings.reconcile_after_s, 10.0),
             consumer_jwt=None,
             consumer_jwt_file=None,
             consumers=tuple(

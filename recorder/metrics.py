@@ -39,7 +39,7 @@ from prometheus_client import (
 
 from recorder.coordination.leases import IDENTITY_PREFIX
 from recorder.eventlog.appender import AppendResult
-from recorder.eventlog.records import KINDS
+from recorder.eventlog.records import HISTORY_EVENT_TYPE, KINDS
 
 if TYPE_CHECKING:
     from recorder.coordination.coordinator import Coordinator
@@ -176,6 +176,34 @@ class Metrics:
             "Scheduled export runs that failed (the next run redoes their window), by job.",
             ["job"], registry=r,
         )
+        self.rest_requests = Counter(
+            "recorder_rest_requests",
+            "Requests to LivePerson's REST services (agent profiles, messaging history), by "
+            "endpoint and HTTP status (0: no answer); retries count.",
+            ["endpoint", "status"], registry=r,
+        )
+        self.backfilled = Counter(
+            "recorder_backfilled_events",
+            "Events appended from LivePerson's messaging history: the socket never delivered "
+            "them.", registry=r,
+        )
+        self.reconciliations = Counter(
+            "recorder_reconciliations",
+            "Conversations checked against LivePerson's history, by result (reconciled, "
+            "partial, failed, skipped).", ["result"], registry=r,
+        )
+        self.only_in_log = Counter(
+            "recorder_reconcile_only_in_log_events",
+            "Events the log holds that LivePerson's history lacked when checked (reported, "
+            "never deleted).", registry=r,
+        )
+        self.agent_profiles = Counter(
+            "recorder_agent_profiles_fetched",
+            "Agent public profiles fetched, by result (known, unknown: a 404, failed).",
+            ["result"], registry=r,
+        )
+        for result in ("reconciled", "partial", "failed", "skipped"):
+            self.reconciliations.labels(result=result)
         for kind in KINDS:  # every kind shows, at 0, before its first event
             self.events_stored.labels(kind=kind)
             self.duplicates_dropped.labels(kind=kind)
@@ -246,9 +274,14 @@ class Metrics:
         committed_at = time.time()
         stored: collections.Counter[str] = collections.Counter()
         observe = self.commit_latency.observe
+        backfilled = 0
         for _, event in result.stored:
             stored[event.kind] += 1
             observe(max(0.0, committed_at - event.received_at))
+            if event.type == HISTORY_EVENT_TYPE:
+                backfilled += 1
+        if backfilled:
+            self.backfilled.inc(backfilled)
         for kind, count in stored.items():  # one increment per kind and batch, not per event
             self.events_stored.labels(kind=_kind(kind)).inc(count)
         dropped = collections.Counter(event.kind for event in result.duplicates)
@@ -260,6 +293,17 @@ class Metrics:
         if size:
             self.batch_events.observe(size)
         self.log_head.set(result.head)
+
+    def observe_rest(self, endpoint: str, status: int) -> None:
+        self.rest_requests.labels(endpoint=endpoint, status=str(status)).inc()
+
+    def observe_reconciliation(self, result: str, only_in_log: int) -> None:
+        self.reconciliations.labels(result=result).inc()
+        if only_in_log:
+            self.only_in_log.inc(only_in_log)
+
+    def observe_profile(self, result: str) -> None:
+        self.agent_profiles.labels(result=result).inc()
 
     def mark_export(self, ts: float) -> None:
         """An export finished successfully at Unix time `ts` (for the export job)."""

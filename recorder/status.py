@@ -15,6 +15,7 @@ from recorder.db import sql as db_sql
 from recorder.db.target import DatabaseTarget, connect
 from recorder.eventlog import sql
 from recorder.exports import sql as export_sql
+from recorder.history import sql as history_sql
 from recorder.projection import sql as projection_sql
 from recorder.role_processes import read_roles_file
 
@@ -80,6 +81,8 @@ class Status:
     instances: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     leases: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     lease_moves: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    #: checks against LivePerson's history (recorder.history), and agent profiles
+    reconciliation: dict[str, Any] | None = None
 
     @property
     def schema_current(self) -> bool:
@@ -130,6 +133,18 @@ class Status:
                     f"  {role.get('name')}: {state}, pid {role.get('pid')}, "
                     f"{role.get('restarts', 0)} restarts; {role.get('status') or '-'}")
         lines += self._instances_text()
+        if self.reconciliation is not None:
+            r = self.reconciliation
+            lines.append(
+                f"reconciliation: {r['conversations']} conversations checked against "
+                f"LivePerson's history (last {r['last_checked_at'] or 'never'}), "
+                f"{r['closed_unchecked']} closed not yet checked; {r['history_records']} "
+                f"history records, {r['matched']} matched, {r['backfilled']} backfilled, "
+                f"{r['only_in_log']} only in the log, {r['content_differs']} differing, "
+                f"{r['partial']} against a partial history, {r['unreported']} never reported on "
+                f"the socket; {r['requests']} requests")
+            lines.append(f"agent profiles: {r['agents_known']} known, "
+                         f"{r['agents_unknown']} unknown")
         for export in self.exports:
             rows = "-" if export.rows is None else export.rows
             checkpoint = "none" if export.checkpoint is None else export.checkpoint
@@ -217,6 +232,7 @@ async def read_status(target: DatabaseTarget, state_dir: Path | None = None,
     holes: list[SequenceHole] = []
     exports: list[ExportStatus] = []
     coordination: dict[str, Any] = {}
+    reconciliation: dict[str, Any] | None = None
     try:
         settings = dict(await connection.fetch(db_sql.SERVER_SETTINGS))
         head = positions = quarantined = None
@@ -233,6 +249,11 @@ async def read_status(target: DatabaseTarget, state_dir: Path | None = None,
                 ]
                 exports = [_export(r) for r in await connection.fetch(export_sql.LAST_RUNS)]
                 coordination = _printable(await overview(connection, lease_ttl_s))
+                try:
+                    totals = await connection.fetchrow(history_sql.RECONCILIATION_TOTALS)
+                    reconciliation = _printable({"totals": [dict(totals)]})["totals"][0]
+                except asyncpg.UndefinedTableError:
+                    pass  # before revision 0006
             except asyncpg.UndefinedTableError:
                 head = None
             except asyncpg.UndefinedColumnError:
@@ -255,6 +276,7 @@ async def read_status(target: DatabaseTarget, state_dir: Path | None = None,
         instances=coordination.get("instances", []),
         leases=coordination.get("leases", []),
         lease_moves=coordination.get("moves", []),
+        reconciliation=reconciliation,
     )
 
 

@@ -53,7 +53,8 @@ async def test_run_records_and_stops_cleanly_on_sigterm(
             sys.executable, "-m", "recorder", "run",
             env=environment(
                 RECORDER_DATABASE_URL=database.dsn, RECORDER_ACCOUNT=ACCOUNT,
-                RECORDER_UMS_URL=sim.ws_url, RECORDER_CONSUMER_JWT_FILE=str(token_file),
+                RECORDER_UMS_URL=sim.ws_url, RECORDER_CSDS_URL=sim.http_url,
+                RECORDER_CONSUMER_JWT_FILE=str(token_file),
                 RECORDER_STATE_DIR=str(tmp_path / "state"),
                 RECORDER_API_LISTEN=f"127.0.0.1:{port}", RECORDER_API_TOKEN=API_TOKEN,
             ),

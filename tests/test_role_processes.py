@@ -94,6 +94,7 @@ def daemon_for(sim: Simulator, consumers: list[str], database: DatabaseTarget, t
             "RECORDER_DATABASE_URL": database.dsn,
             "RECORDER_ACCOUNT": ACCOUNT,
             "RECORDER_UMS_URL": sim.ws_url,
+            "RECORDER_CSDS_URL": sim.http_url,
             "RECORDER_CONFIG": str(config_file(tmp_path / "recorder.toml", identities)),
             "RECORDER_API_TOKEN": API_TOKEN,
             "RECORDER_API_LISTEN": f"127.0.0.1:{port}",

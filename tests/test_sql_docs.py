@@ -667,6 +667,7 @@ async def test_following_the_log_page_by_page_gives_every_change_once_as_sent(
     sent_changes = collections.Counter(orjson.dumps(c, option=orjson.OPT_SORT_KEYS)
                                        for c in filled.truth.conversation_changes)
     recorded_changes: collections.Counter[bytes] = collections.Counter()
+    agents_seen: set[str] = set()
     for row in seen:
         payload = orjson.loads(row["payload"])
         if row["kind"] == "messaging":
@@ -674,6 +675,10 @@ async def test_following_the_log_page_by_page_gives_every_change_once_as_sent(
             assert key in sent_events, f"{key} recorded twice, or never sent"
             assert payload == sent_events.pop(key)
             assert row["change_type"] == payload["event"]["type"]
+        elif row["kind"] == "agent":  # a profile fetched as the agent appeared: once each
+            assert row["change_type"] in ("PROFILE", "UNKNOWN")
+            assert payload["agentId"] not in agents_seen
+            agents_seen.add(payload["agentId"])
         else:
             assert row["kind"] == "conversation" and row["change_type"] == "UPSERT", row
             assert row["conversation_id"] == payload["result"]["convId"]

@@ -102,7 +102,16 @@ def _object(properties: dict[str, Any], *, required: bool = True) -> dict[str, A
     return schema
 
 
-PARTICIPANT = _object({"id": {"type": "string"}, "role": {"type": "string"}, "state": _STR})
+PARTICIPANT = _object({"id": {"type": "string"}, "role": {"type": "string"}, "state": _STR,
+                       "nickname": _STR, "picture_url": _STR})
+
+RECONCILIATION = {**_object({
+    "checked_at": {"type": "string", "format": "date-time"}, "conversation_state": _STR,
+    "history_records": {"type": "integer"}, "matched": {"type": "integer"},
+    "backfilled": {"type": "integer"}, "only_in_log": {"type": "integer"},
+    "content_differs": {"type": "integer"}, "history_partial": {"type": "boolean"},
+    "requests": {"type": "integer"}, "unreported": {"type": "boolean"}, "details": _ANY,
+}), "type": ["object", "null"]}
 
 DIALOG = _object({
     "dialog_id": {"type": "string"}, "dialog_type": _STR, "channel_type": _STR, "state": _STR,
@@ -129,6 +138,7 @@ CONVERSATION = _object({
     **CONVERSATION_SUMMARY_FIELDS,
     "participants": {"type": "array", "items": PARTICIPANT},
     "dialogs": {"type": "array", "items": DIALOG},
+    "reconciliation": RECONCILIATION,
 })
 
 RECEIPT = _object({"participant_id": {"type": "string"}, "status": {"type": "string"},
@@ -136,7 +146,8 @@ RECEIPT = _object({"participant_id": {"type": "string"}, "status": {"type": "str
 
 MESSAGE = _object({
     "dialog_id": {"type": "string"}, "sequence": {"type": "integer"}, "originator_id": _STR,
-    "originator_role": _STR, "event_type": _STR, "content_type": _STR, "text": _STR,
+    "originator_role": _STR, "originator_nickname": _STR, "originator_picture_url": _STR,
+    "event_type": _STR, "content_type": _STR, "text": _STR,
     "rich_content": _ANY, "file": _ANY, "metadata": _ANY, "audience": _STR, "event": _ANY,
     "server_ts": _TS, "position": {"type": "integer"},
     "receipts": {"type": "array", "items": RECEIPT},
@@ -148,7 +159,8 @@ EVENT = _object({
     "recorded_at": {"type": "string", "format": "date-time"},
     "account_id": {"type": "string"}, "consumer_id": {"type": "string"},
     "session_id": {"type": "string", "format": "uuid"},
-    "kind": {"type": "string", "enum": ["conversation", "messaging", "other"]},
+    "kind": {"type": "string", "enum": ["conversation", "messaging", "agent", "reconciliation",
+                                       "other"]},
     "type": {"type": "string"}, "change_type": _STR, "conversation_id": _STR, "dialog_id": _STR,
     "sequence": _INT, "originator_id": _STR, "server_ts": _TS, "payload": _ANY,
 })

@@ -122,6 +122,10 @@ async def get_conversation(request: web.Request) -> web.Response:
             if dialog[key] is not None:
                 dialog[key] = datetime.fromisoformat(dialog[key])
     body["dialogs"] = dialogs
+    reconciliation = orjson.loads(row["reconciliation_json"] or "null")
+    if reconciliation is not None:
+        reconciliation["checked_at"] = datetime.fromisoformat(reconciliation["checked_at"])
+    body["reconciliation"] = reconciliation
     return json_response(body)
 
 
@@ -149,6 +153,8 @@ async def list_messages(request: web.Request) -> web.Response:
     items = [
         {"dialog_id": r["dialog_id"], "sequence": r["sequence"],
          "originator_id": r["originator_id"], "originator_role": r["originator_role"],
+         "originator_nickname": r["originator_nickname"],
+         "originator_picture_url": r["originator_picture_url"],
          "event_type": r["event_type"], "content_type": r["content_type"], "text": r["text"],
          "rich_content": fragment(r["rich_content"]), "file": fragment(r["file"]),
          "metadata": fragment(r["metadata"]), "audience": r["audience"],

@@ -47,9 +47,18 @@ GET_CONVERSATION = f"SELECT {CONVERSATION_COLUMNS} FROM conversations WHERE conv
 GET_CONVERSATION_RECORD = f"""
 SELECT {CONVERSATION_COLUMNS},
     (SELECT coalesce(json_agg(json_build_object(
-                'id', p.participant_id, 'role', p.role, 'state', p.state)
+                'id', p.participant_id, 'role', p.role, 'state', p.state,
+                'nickname', a.nickname, 'picture_url', a.picture_url)
             ORDER BY p.role, p.participant_id), '[]'::json)
-     FROM participants p WHERE p.conversation_id = $1)::text AS participants_json,
+     FROM participants p LEFT JOIN agents a ON a.agent_id = p.participant_id
+     WHERE p.conversation_id = $1)::text AS participants_json,
+    (SELECT json_build_object(
+                'checked_at', r.checked_at, 'conversation_state', r.conversation_state,
+                'history_records', r.history_records, 'matched', r.matched,
+                'backfilled', r.backfilled, 'only_in_log', r.only_in_log,
+                'content_differs', r.content_differs, 'history_partial', r.history_partial,
+                'requests', r.requests, 'unreported', r.unreported, 'details', r.details)
+     FROM reconciliations r WHERE r.conversation_id = $1)::text AS reconciliation_json,
     (SELECT coalesce(json_agg(json_build_object(
                 'dialog_id', d.dialog_id, 'dialog_type', d.dialog_type,
                 'channel_type', d.channel_type, 'state', d.state, 'creation_ts', d.creation_ts,
@@ -65,12 +74,14 @@ CONVERSATION_EXISTS = "SELECT EXISTS (SELECT 1 FROM conversations WHERE conversa
 # -- messages ------------------------------------------------------------------------------------
 
 MESSAGES = """
-SELECT dialog_id, sequence, originator_id, originator_role, event_type, content_type, text,
-       rich_content::text AS rich_content, file::text AS file, metadata::text AS metadata,
-       audience, event::text AS event, server_ts, position
-FROM messages
-WHERE conversation_id = $1 AND (dialog_id, sequence) > ($2, $3)
-ORDER BY dialog_id, sequence
+SELECT m.dialog_id, m.sequence, m.originator_id, m.originator_role, m.event_type,
+       m.content_type, m.text, m.rich_content::text AS rich_content, m.file::text AS file,
+       m.metadata::text AS metadata, m.audience, m.event::text AS event, m.server_ts,
+       m.position, a.nickname AS originator_nickname,
+       a.picture_url AS originator_picture_url
+FROM messages m LEFT JOIN agents a ON a.agent_id = m.originator_id
+WHERE m.conversation_id = $1 AND (m.dialog_id, m.sequence) > ($2, $3)
+ORDER BY m.dialog_id, m.sequence
 LIMIT $4
 """
 

@@ -23,8 +23,8 @@ log = logging.getLogger(__name__)
 
 #: What analysts may read: the event log, the projection, and the analyst views.
 READABLE = (
-    "events", "conversations", "dialogs", "participants", "messages", "receipts",
-    "v_messages", "v_conversation_facts", "v_daily",
+    "events", "conversations", "dialogs", "participants", "messages", "receipts", "agents",
+    "reconciliations", "v_messages", "v_conversation_facts", "v_daily",
 )
 
 

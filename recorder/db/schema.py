@@ -46,7 +46,10 @@ events = Table(
     Column("server_ts", TIMESTAMPTZ),
     Column("dedupe_key", LargeBinary, nullable=False),
     Column("payload", JSONB, nullable=False),
-    CheckConstraint("kind IN ('conversation', 'messaging', 'other')", name="events_kind_check"),
+    CheckConstraint(
+        "kind IN ('conversation', 'messaging', 'agent', 'reconciliation', 'other')",
+        name="events_kind_check",
+    ),
     CheckConstraint("position > 0", name="events_position_check"),
     Index("events_dedupe_key_key", "dedupe_key", unique=True),
     Index("events_conversation_position_idx", "conversation_id", "position"),
@@ -292,4 +295,42 @@ receipts = Table(
     Column("position", BigInteger, nullable=False),
 )
 
-PROJECTION_TABLES = (conversations, dialogs, participants, messages, receipts)
+# An agent's public profile, from the newest `agent` event (issue 16). `known` is false where
+# LivePerson answered 404; the other columns are then null.
+agents = Table(
+    "agents",
+    metadata,
+    Column("agent_id", Text, primary_key=True),
+    Column("known", Boolean, nullable=False),
+    Column("nickname", Text),
+    Column("full_name", Text),
+    Column("picture_url", Text),
+    Column("employee_id", Text),
+    Column("profile", JSONB),  # the profile as LivePerson answered it
+    Column("fetched_at", TIMESTAMPTZ, nullable=False),
+    Column("position", BigInteger, nullable=False),
+)
+
+# The newest check of a conversation against LivePerson's history (`reconciliation` events).
+reconciliations = Table(
+    "reconciliations",
+    metadata,
+    Column("conversation_id", Text, primary_key=True),
+    Column("consumer_id", Text),
+    Column("checked_at", TIMESTAMPTZ, nullable=False),
+    Column("conversation_state", Text),  # the conversation's state when it was checked
+    Column("history_records", Integer, nullable=False),
+    Column("matched", Integer, nullable=False),
+    Column("backfilled", Integer, nullable=False),
+    Column("only_in_log", Integer, nullable=False),
+    Column("content_differs", Integer, nullable=False),
+    Column("history_partial", Boolean, nullable=False),
+    Column("requests", Integer, nullable=False),
+    Column("unreported", Boolean, nullable=False),  # the socket never reported it
+    Column("details", JSONB),  # keys of what was only in the log or differs (bounded lists)
+    Column("position", BigInteger, nullable=False),
+    Index("reconciliations_checked_at_idx", "checked_at"),
+)
+
+PROJECTION_TABLES = (conversations, dialogs, participants, messages, receipts, agents,
+                     reconciliations)

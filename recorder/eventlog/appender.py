@@ -21,7 +21,7 @@ from recorder.db import schema
 from recorder.errors import RecorderError
 from recorder.eventlog import sql
 from recorder.eventlog.quarantine import minimal_quarantine_row, quarantine_event, quarantine_row
-from recorder.eventlog.records import EventRecord, QuarantinedFrame
+from recorder.eventlog.records import HISTORY_EVENT_TYPE, EventRecord, QuarantinedFrame
 from recorder.logs import event as log_event
 
 log = logging.getLogger(__name__)
@@ -235,6 +235,10 @@ async def _advance_cursors(
     latest: dict[str, EventRecord] = {}
     for _, event in stored:
         if event.kind != "messaging" or event.sequence is None or event.dialog_id is None:
+            continue
+        if event.type == HISTORY_EVENT_TYPE:
+            # Backfilled: the socket has not delivered up to here; a resubscription must
+            # still ask from the last sequence the socket gave.
             continue
         seen = latest.get(event.dialog_id)
         if seen is None or (seen.sequence or 0) < event.sequence:

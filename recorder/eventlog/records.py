@@ -7,7 +7,15 @@ import hashlib
 
 import orjson
 
-KINDS = ("conversation", "messaging", "other")
+KINDS = ("conversation", "messaging", "agent", "reconciliation", "other")
+
+#: `type` of a messaging event backfilled from LivePerson's Messaging History (not the socket):
+#: the same dedupe key as its live copy, so whichever comes second is a duplicate.
+HISTORY_EVENT_TYPE = "msgHist.MessageEventRecord"
+#: `type` of an agent's public profile (kind `agent`), fetched from the acCdnDomain service.
+AGENT_PROFILE_TYPE = "acCdnDomain.AgentProfile"
+#: `type` of a conversation's check against the history (kind `reconciliation`).
+RECONCILIATION_TYPE = "recorder.Reconciliation"
 
 
 def dedupe_digest(*parts: object) -> bytes:

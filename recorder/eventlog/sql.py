@@ -162,20 +162,22 @@ SELECT max(meta_data_last_update_ts) FROM conversations WHERE consumer_id = $1
 
 QUARANTINE_COUNT = "SELECT count(*) FROM quarantine"
 
-# The latest session of each identity, with what its sessions stored.
+# The latest websocket session of each identity, with what its sessions stored (REST
+# sessions, recorder.history.sessions, have http(s) URLs and are left out).
 IDENTITY_STATUS = """
 WITH latest AS (
     SELECT DISTINCT ON (identity_name) identity_name, consumer_id, session_id, opened_at,
            closed_at, close_code, close_reason, last_frame_at,
            extract(epoch FROM now() - coalesce(last_frame_at, opened_at)) AS idle_s
-    FROM sessions ORDER BY identity_name, opened_at DESC
+    FROM sessions WHERE url !~ '^https?:' ORDER BY identity_name, opened_at DESC
 ), totals AS (
     SELECT identity_name, count(*) AS sessions, sum(duplicates) AS duplicates,
            sum(quarantined) AS quarantined, max(last_frame_at) AS last_frame_at
-    FROM sessions GROUP BY identity_name
+    FROM sessions WHERE url !~ '^https?:' GROUP BY identity_name
 ), stored AS (
     SELECT s.identity_name, count(*) AS events
     FROM events e JOIN sessions s ON s.session_id = e.session_id
+    WHERE s.url !~ '^https?:'
     GROUP BY s.identity_name
 )
 SELECT l.identity_name, l.consumer_id, l.session_id::text AS session_id, l.opened_at,

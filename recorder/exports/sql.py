@@ -35,9 +35,11 @@ SELECT c.conversation_id, c.account_id, c.consumer_id, c.brand_id, c.skill_id, c
        c.csat_resolution_confirmation, c.csat_status, c.ttr_type, c.ttr_value, c.effective_ttr,
        c.deleted,
        (SELECT coalesce(jsonb_agg(jsonb_build_object(
-                   'id', p.participant_id, 'role', p.role, 'state', p.state)
+                   'id', p.participant_id, 'role', p.role, 'state', p.state,
+                   'nickname', a.nickname, 'picture_url', a.picture_url)
                ORDER BY p.role, p.participant_id), '[]'::jsonb)
-        FROM participants p WHERE p.conversation_id = c.conversation_id) AS participants,
+        FROM participants p LEFT JOIN agents a ON a.agent_id = p.participant_id
+        WHERE p.conversation_id = c.conversation_id) AS participants,
        (SELECT coalesce(jsonb_agg(jsonb_build_object(
                    'dialog_id', d.dialog_id, 'dialog_type', d.dialog_type,
                    'channel_type', d.channel_type, 'state', d.state,

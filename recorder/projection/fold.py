@@ -160,7 +160,17 @@ async def write_batch(connection: asyncpg.Connection, batch: Batch) -> FoldStats
         await connection.execute(q.UPSERT_MESSAGES, *_columns(messages, 15))
     if receipts:
         await connection.execute(q.UPSERT_RECEIPTS, *_columns(receipts, 6))
+    await write_history_rows(connection, batch)
     return FoldStats(batch.events, len(rows), len(messages), len(receipts))
+
+
+async def write_history_rows(connection: asyncpg.Connection, batch: Batch) -> None:
+    """The agents and reconciliations of `batch` (few: written alike live and in a rebuild)."""
+    if batch.agents:
+        await connection.execute(q.UPSERT_AGENTS, *_columns(list(batch.agents.values()), 9))
+    if batch.reconciliations:
+        await connection.execute(q.UPSERT_RECONCILIATIONS,
+                                 *_columns(list(batch.reconciliations.values()), 14))
 
 
 async def _stored_state(connection: asyncpg.Connection, batch: Batch) -> dict[str, _Stored]:

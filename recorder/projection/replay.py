@@ -38,6 +38,7 @@ from recorder.projection.fold import (
     apply_and_advance,
     conversation_row,
     write_batch,
+    write_history_rows,
 )
 from recorder.projection.rebuild_tables import (
     copy_bulk,
@@ -124,6 +125,7 @@ class Replay:
                 async with self._work.transaction():
                     await advance_position(self._work, self.position, until)
                     await self._write_conversations(batch, fresh)
+                    await write_history_rows(self._work, batch)
                     await keying
             finally:
                 if not keying.done():

@@ -17,6 +17,7 @@ from typing import Any, NamedTuple, Protocol
 
 import orjson
 
+from recorder.projection import history_rows
 from recorder.ums import payload
 
 # Beyond 9999-12-31 timestamptz overflows; such a value is garbage, projected as absent.
@@ -257,6 +258,8 @@ class Batch:
         self.conversations: dict[str, ConversationFacts] = {}
         self.messages: dict[tuple[str, int], tuple[Any, ...]] = {}
         self.receipts: dict[tuple[str, int, str, str], tuple[Any, ...]] = {}
+        self.agents: dict[str, tuple[Any, ...]] = {}
+        self.reconciliations: dict[str, tuple[Any, ...]] = {}
 
     def add(self, event: LogEvent) -> None:
         self.add_row(event.position, event.kind, event.account_id, event.consumer_id,
@@ -267,6 +270,8 @@ class Batch:
         """add() for the columns of a LogRow, spread out: the rebuild's hot loop."""
         self.events += 1
         if kind != "messaging" and kind != "conversation":
+            if kind == "agent" or kind == "reconciliation":
+                self._history_row(position, kind, conversation_id, payload)
             return
         try:
             change = orjson.loads(payload)
@@ -279,6 +284,27 @@ class Batch:
                                    dialog_id, change)
         else:
             self._conversation_change(position, account_id, consumer_id, conversation_id, change)
+
+    def _history_row(self, position: int, kind: str, conversation_id: str | None,
+                     payload: str) -> None:
+        try:
+            change = orjson.loads(payload)
+        except orjson.JSONDecodeError:
+            change = None
+        row = None
+        if isinstance(change, dict):
+            if kind == "agent":
+                row = history_rows.agent_row(change, position)
+                table = self.agents
+            else:
+                row = history_rows.reconciliation_row(change, conversation_id, position)
+                table = self.reconciliations
+            if row is not None:
+                seen = table.get(row[0])
+                if seen is None or seen[-1] < position:  # the newest event wins
+                    table[row[0]] = row
+        if row is None:
+            self.unreadable.append(position)
 
     def _touch(self, conversation_id: str, position: int, account_id: str, consumer_id: str,
                ) -> ConversationFacts:
@@ -314,8 +340,8 @@ class Batch:
         if type(sequence) is not int or not -INT64 <= sequence <= INT64:
             sequence = _int(sequence)
         dialog_id = dialog_id or payload.change_dialog_id(change)
-        if sequence is None or not dialog_id:
-            return  # typing indicators and the like: not messages
+        if not dialog_id:
+            return
         conversation_id = conversation_id or _text(change.get("conversationId"))
         server_ms = change.get("serverTimestamp")
         if (type(server_ms) is not int or not 0 < server_ms <= MAX_MS
@@ -329,7 +355,11 @@ class Batch:
         else:
             body, event_type = {}, ""
         if event_type == "AcceptStatusEvent":
+            # A receipt from the history may carry no sequence of its own (protocol.md 12a):
+            # its sequenceList still counts.
             projected = self._receipts(position, change, body, dialog_id, server_ms)
+        elif sequence is None:
+            return  # typing indicators and the like: not messages
         else:
             projected = self._message(position, change, body, event_type, (dialog_id, sequence),
                                       conversation_id, server_ms)

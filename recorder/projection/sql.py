@@ -312,3 +312,45 @@ SELECT ({HEAD}) AS events,
        (SELECT count(*) FROM receipts) AS receipts,
        (SELECT count(*) FROM quarantine) AS quarantined
 """
+
+# -- agents and reconciliations (issue 16): the newest event per key wins -------------------------
+
+UPSERT_AGENTS = f"""
+INSERT INTO agents AS a (agent_id, known, nickname, full_name, picture_url, employee_id, profile,
+                         fetched_at, position)
+SELECT u.agent_id, u.known, u.nickname, u.full_name, u.picture_url, u.employee_id,
+       u.profile::jsonb, {_ts("u.fetched_ms")}, u.position
+FROM unnest($1::text[], $2::boolean[], $3::text[], $4::text[], $5::text[], $6::text[],
+            $7::text[], $8::bigint[], $9::bigint[])
+    AS u(agent_id, known, nickname, full_name, picture_url, employee_id, profile, fetched_ms,
+         position)
+ON CONFLICT (agent_id) DO UPDATE SET
+    known = EXCLUDED.known, nickname = EXCLUDED.nickname, full_name = EXCLUDED.full_name,
+    picture_url = EXCLUDED.picture_url, employee_id = EXCLUDED.employee_id,
+    profile = EXCLUDED.profile, fetched_at = EXCLUDED.fetched_at, position = EXCLUDED.position
+WHERE a.position < EXCLUDED.position
+"""
+
+UPSERT_RECONCILIATIONS = f"""
+INSERT INTO reconciliations AS r (conversation_id, consumer_id, checked_at, conversation_state,
+    history_records, matched, backfilled, only_in_log, content_differs, history_partial,
+    requests, unreported, details, position)
+SELECT u.conversation_id, u.consumer_id, {_ts("u.checked_ms")}, u.state, u.history_records,
+       u.matched, u.backfilled, u.only_in_log, u.content_differs, u.history_partial,
+       u.requests, u.unreported, u.details::jsonb, u.position
+FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[], $5::int[], $6::int[], $7::int[],
+            $8::int[], $9::int[], $10::boolean[], $11::int[], $12::boolean[], $13::text[],
+            $14::bigint[])
+    AS u(conversation_id, consumer_id, checked_ms, state, history_records, matched, backfilled,
+         only_in_log, content_differs, history_partial, requests, unreported, details,
+         position)
+ON CONFLICT (conversation_id) DO UPDATE SET
+    consumer_id = EXCLUDED.consumer_id, checked_at = EXCLUDED.checked_at,
+    conversation_state = EXCLUDED.conversation_state,
+    history_records = EXCLUDED.history_records, matched = EXCLUDED.matched,
+    backfilled = EXCLUDED.backfilled, only_in_log = EXCLUDED.only_in_log,
+    content_differs = EXCLUDED.content_differs, history_partial = EXCLUDED.history_partial,
+    requests = EXCLUDED.requests, unreported = EXCLUDED.unreported,
+    details = EXCLUDED.details, position = EXCLUDED.position
+WHERE r.position < EXCLUDED.position
+"""

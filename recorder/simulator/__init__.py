@@ -10,7 +10,7 @@ what tests can inspect afterwards.
 
 from recorder.simulator.core import Simulator
 from recorder.simulator.faults import VARIANT_KINDS, Faults
-from recorder.simulator.journal import CloseRecord, ReceivedFrame, SentFrame
+from recorder.simulator.journal import CloseRecord, ReceivedFrame, RestRequest, SentFrame
 from recorder.simulator.model import SimulatorError
 from recorder.simulator.tokens import Identity, TokenError
 
@@ -20,6 +20,7 @@ __all__ = [
     "Faults",
     "Identity",
     "ReceivedFrame",
+    "RestRequest",
     "SentFrame",
     "Simulator",
     "SimulatorError",

@@ -78,6 +78,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     faults.add_argument("--response-delay-ms", type=float, default=0.0, metavar="MS",
                         help="answer every request this much later")
     faults.add_argument("--no-clock", action="store_true", help="never answer GetClock")
+    faults.add_argument("--withhold-probability", type=float, default=0.0, metavar="P",
+                        help="never deliver a stored event on the socket (only the history "
+                             "shows it)")
+    faults.add_argument("--withhold-tail-probability", type=float, default=0.0, metavar="P",
+                        help="withhold an event and every later one of its dialog")
+    faults.add_argument("--rest-reject-every", type=int, metavar="K",
+                        help="answer every K-th profile/history request 429")
+    faults.add_argument("--rest-server-error-every", type=int, metavar="K",
+                        help="answer every K-th profile/history request 503")
+    faults.add_argument("--history-partial-probability", type=float, default=0.0, metavar="P",
+                        help="drop records from a history page, keeping the true count")
+    faults.add_argument("--unknown-agent", action="append", metavar="ID",
+                        help="answer this agent's public profile 404 (repeatable)")
 
 
 def faults_from_args(args: argparse.Namespace) -> Faults:
@@ -103,6 +116,12 @@ def faults_from_args(args: argparse.Namespace) -> Faults:
         malformed_probability=args.malformed_probability,
         response_delay_ms=args.response_delay_ms,
         no_clock=args.no_clock,
+        withhold_probability=args.withhold_probability,
+        withhold_tail_probability=args.withhold_tail_probability,
+        rest_reject_every=args.rest_reject_every,
+        rest_server_error_every=args.rest_server_error_every,
+        history_partial_probability=args.history_partial_probability,
+        unknown_agents=set(args.unknown_agent or ()),
     )
 
 
@@ -152,7 +171,7 @@ def _print_banner(sim: Simulator, consumer: str, token: str) -> None:
     lines = [
         f"ws_url:    {sim.ws_url}",
         f"endpoint:  {sim.ws_endpoint()}",
-        f"csds_url:  {sim.http_url}   (CSDS and IdP signup base)",
+        f"csds_url:  {sim.http_url}   (CSDS, IdP signup, agent profile and history base)",
         f"account:   {sim.account}",
         f"consumer:  {consumer}",
         f"token:     {token}",

@@ -12,10 +12,10 @@ import copy
 import random
 from types import TracebackType
 
-from recorder.simulator import script
+from recorder.simulator import rest, script
 from recorder.simulator.faults import Faults
 from recorder.simulator.filestore import FileStore
-from recorder.simulator.journal import CloseRecord, ReceivedFrame, SentFrame
+from recorder.simulator.journal import CloseRecord, ReceivedFrame, RestRequest, SentFrame
 from recorder.simulator.model import (
     AGENT,
     ASSIGNED_AGENT,
@@ -31,11 +31,12 @@ from recorder.simulator.model import (
 from recorder.simulator.server import SimServer
 from recorder.simulator.tokens import TokenIssuer
 from recorder.simulator.traffic import run_traffic
+from recorder.simulator.withhold import Withholder
 from recorder.simulator.world import World
 
 
 class Simulator:
-    """A UMS consumer endpoint with CSDS and IdP on one port, a scriptable model and faults.
+    """UMS consumer socket, CSDS, IdP, profiles, history on one port; a scriptable model; faults.
 
     Model actions (`create_conversation`, `agent_message`, ...) take a conversation id (its
     MAIN dialog) or a dialog id, change the truth and push frames to subscribed sockets at
@@ -78,6 +79,8 @@ class Simulator:
         self.received: list[ReceivedFrame] = []
         self.closes: list[CloseRecord] = []
         self.request_count = 0
+        self.rest_requests: list[RestRequest] = []
+        self.rest_request_count = 0
         self.tokens = TokenIssuer(account, random.Random(f"{seed}:identities"))
         self.files = FileStore(account, self._misc_rng)
         self.world = World(
@@ -89,6 +92,9 @@ class Simulator:
         self.server = SimServer(self)
         self.world.on_conversation = self.server.hub.conversation_changed
         self.world.on_event = self.server.hub.event_added
+        self.withholder = Withholder(self.world, lambda: self.faults,
+                                     random.Random(f"{seed}:withhold"), self.server.hub.push_events)
+        self.world.on_store = self.withholder.on_store
         self.script = script.Script(self, random.Random(f"{seed}:script"))
         self._traffic_rng = random.Random(f"{seed}:traffic")
         self._traffic: set[asyncio.Task[int]] = set()
@@ -150,6 +156,12 @@ class Simulator:
 
     def new_subscription_id(self) -> str:
         return new_uuid(self._misc_rng)
+
+    def agent_profile(self, agent_id: str) -> Json | None:
+        """The public profile the CDN serves for an agent of the pool; None where it 404s."""
+        if agent_id not in self.world.agents or agent_id in self.faults.unknown_agents:
+            return None
+        return rest.agent_profile(self.seed, agent_id)
 
     # -- conversations ---------------------------------------------------------------------------
 
@@ -313,6 +325,18 @@ class Simulator:
 
     def connection_count(self) -> int:
         return sum(1 for c in self.server.hub.connections.values() if not c.closed)
+
+    # -- withholding: stored events only the history shows (see withhold.py) ------------------
+
+    def withhold(self, dialog_id: str, sequence: int) -> None:
+        self.withholder.withhold(dialog_id, sequence)
+
+    def withheld_events(self) -> list[Json]:
+        return self.withholder.withheld_events()
+
+    def release_withheld(self, dialog_id: str | None = None) -> int:
+        """Deliver the withheld events (all, or one dialog's) live; returns how many."""
+        return self.withholder.release(dialog_id)
 
     # -- truth -----------------------------------------------------------------------------------
 

@@ -53,7 +53,8 @@ MALFORMED_FRAMES = (
 
 @dataclasses.dataclass
 class Faults:
-    """Every switch defaults to off. Counts are per connection; request counters are global."""
+    """Every switch defaults to off. Counts are per connection; request counters are global
+    (websocket requests and REST requests are counted apart)."""
 
     #: Abruptly drop the socket (no close frame) once this many frames went out on it.
     drop_after_frames: int | None = None
@@ -84,6 +85,22 @@ class Faults:
     response_delay_ms: float = 0.0
     #: Stop answering GetClock (the request is read and ignored).
     no_clock: bool = False
+    #: Per stored Content/RichContent/AcceptStatus event: never deliver it on the socket
+    #: (live or on replay) until `release_withheld`; only the history API shows it ...
+    withhold_probability: float = 0.0
+    #: ... or withhold it and every later sequenced event of its dialog (a tail).
+    withhold_tail_probability: float = 0.0
+    #: Every k-th REST request (profiles and history, counted together) is answered 429 ...
+    rest_reject_every: int | None = None
+    #: ... and, counted on the same requests, every k-th one 503 (429 wins when both hit).
+    rest_server_error_every: int | None = None
+    #: Per history content page of >= 2 records: drop some records, keep the true count.
+    history_partial_probability: float = 0.0
+    #: Agent ids whose public profile answers 404 although they are in the agent pool.
+    unknown_agents: set[str] = dataclasses.field(default_factory=set)
+    #: Conversations never reported on the socket (no ExConversation UPSERT, so a client never
+    #: learns their dialogs); the history's metadata search still lists them.
+    hidden_conversations: set[str] = dataclasses.field(default_factory=set)
 
     def variant_enabled(self, kind: str) -> bool:
         return self.shape_variants and (self.variants is None or kind in self.variants)

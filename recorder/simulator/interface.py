@@ -13,7 +13,7 @@ from typing import Protocol
 
 from recorder.simulator.faults import Faults
 from recorder.simulator.filestore import FileStore
-from recorder.simulator.journal import CloseRecord, ReceivedFrame, SentFrame
+from recorder.simulator.journal import CloseRecord, ReceivedFrame, RestRequest, SentFrame
 from recorder.simulator.model import Clock, Dialog, Json
 from recorder.simulator.tokens import TokenIssuer
 from recorder.simulator.world import World
@@ -30,6 +30,7 @@ class SimulatorInterface(Protocol):
     # -- settings --------------------------------------------------------------------------------
 
     account: str
+    seed: int
     default_skill: str
     auto_reply: bool
     reply_delay_s: float
@@ -48,6 +49,8 @@ class SimulatorInterface(Protocol):
     received: list[ReceivedFrame]
     closes: list[CloseRecord]
     request_count: int
+    rest_requests: list[RestRequest]
+    rest_request_count: int
     tokens: TokenIssuer
     files: FileStore
     world: World
@@ -62,6 +65,8 @@ class SimulatorInterface(Protocol):
     ) -> str: ...
 
     def new_subscription_id(self) -> str: ...
+
+    def agent_profile(self, agent_id: str) -> Json | None: ...
 
     # -- conversations ---------------------------------------------------------------------------
 

@@ -1,4 +1,5 @@
-"""What the simulator sent, received and closed, for tests to compare with what a client stored.
+"""What the simulator sent, received, closed and answered over REST, for tests to compare with
+what a client stored.
 
 `SentFrame` flags tell a test which frames were faults: a duplicate is a second copy of the
 frame before it, a variant is an alternative shape of the same content, a malformed frame
@@ -9,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterable, Iterator
-from typing import Any
+from typing import Any, NamedTuple
 
 from recorder.simulator.model import Json
 
@@ -61,6 +62,18 @@ class CloseRecord:
     time: float
     code: int | None
     reason: str
+
+
+class RestRequest(NamedTuple):
+    """One REST request to a profile or the history, and the status it was answered with."""
+
+    #: "profile", "history_content" or "history_metadata".
+    endpoint: str
+    #: The agent id, the conversation or dialog id, or the consumer (None when not known).
+    key: str | None
+    status: int
+    #: time.monotonic() when it was answered: how far apart a client's retries came
+    at: float = 0.0
 
 
 def changes_of(frame: Any) -> list[Json]:

@@ -28,6 +28,9 @@ POST_SURVEY = "POST_SURVEY"
 OPEN = "OPEN"
 CLOSE = "CLOSE"
 
+#: The event types LivePerson's Messaging History keeps (no typing, no unknown types).
+HISTORY_EVENT_TYPES = frozenset({"ContentEvent", "RichContentEvent", "AcceptStatusEvent"})
+
 #: Default TTR seconds per `ttrDefName`, used when a conversation is requested.
 TTR_DEFAULTS = {"NORMAL": 3600, "PRIORITIZED": 600, "URGENT": 300}
 TTR_TYPES = ("CUSTOM", "NORMAL", "PRIORITIZED", "URGENT")
@@ -104,6 +107,11 @@ class Dialog:
     #: Stored changes in sequence order: what a correct client must end up with.
     events: list[Json] = dataclasses.field(default_factory=list)
     next_sequence: int = 0
+    #: Sequences of stored events the socket does not deliver, live or on replay, until they
+    #: are released; only the history API shows them (see `withhold.py`).
+    withheld: set[int] = dataclasses.field(default_factory=set)
+    #: A tail is being withheld: every further sequenced event of the dialog is withheld too.
+    withhold_tail: bool = False
 
     @property
     def is_open(self) -> bool:
@@ -111,6 +119,12 @@ class Dialog:
 
     def events_from(self, from_sequence: int) -> list[Json]:
         return [event for event in self.events if event["sequence"] >= from_sequence]
+
+    def deliverable_from(self, from_sequence: int) -> list[Json]:
+        """`events_from` without the withheld events: what a socket subscription replays."""
+        events = self.events_from(from_sequence)
+        return [e for e in events if e["sequence"] not in self.withheld] if self.withheld \
+            else events
 
     def render(self) -> Json:
         out: Json = {

@@ -263,6 +263,8 @@ def _subscribe_ex(
     changes = []
     for conv_id in sim.world.by_consumer.get(_consumer(conn), []):
         conv = sim.world.conversations[conv_id]
+        if conv_id in sim.faults.hidden_conversations:
+            continue  # never reported on the socket: only the history lists it
         if conv.matches(states, stages, min_ts):
             changes.append({"type": "UPSERT", "result": conv.result(conn.multi_dialog)})
             subscription.visible.add(conv_id)
@@ -288,8 +290,9 @@ def _subscribe_messaging(
         raise BadRequest("Bad request: dialogId does not belong to conversationId")
     from_seq = counter(body.get("fromSeq", 0), "fromSeq")
     conn.send(wire.response(req_id, 200, wire.GENERIC_SUBSCRIBE_RESP, {}))
-    # Replay (fromSeq inclusive), then live: both queued in order before anything else.
-    for batch in wire.batches(dialog.events_from(from_seq)):
+    # Replay (fromSeq inclusive, withheld events skipped), then live: both queued in order
+    # before anything else.
+    for batch in wire.batches(dialog.deliverable_from(from_seq)):
         conn.send(wire.messaging_notification(batch))
     conn.dialog_subscriptions.add(dialog.dialog_id)
 

@@ -1,4 +1,5 @@
-"""The simulator's HTTP side, on one real port: UMS websocket, CSDS, IdP signup, file storage.
+"""The simulator's HTTP side, on one real port: UMS websocket, CSDS, IdP signup, file storage
+(agent profiles and the Messaging History are in `rest.py`, on the same app).
 
 `Hub` keeps the open connections and turns each model change into frames per connection:
 an ExConversation UPSERT/DELETE per matching subscription (rendered for that connection's
@@ -10,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
+from collections.abc import Callable
 
 import orjson
 from aiohttp import WSMsgType, web
@@ -17,9 +19,11 @@ from aiohttp import WSMsgType, web
 from recorder.logs import event
 from recorder.simulator import wire
 from recorder.simulator.connection import Connection
+from recorder.simulator.faults import Faults
 from recorder.simulator.interface import SimulatorInterface
 from recorder.simulator.model import Conversation, Dialog, Json
 from recorder.simulator.requests import handle_text
+from recorder.simulator.rest import RestApi
 from recorder.simulator.tokens import Identity, TokenError, parse_authorization
 
 log = logging.getLogger(__name__)
@@ -29,7 +33,8 @@ CSDS_PATH = "/api/account/{account}/service/{service}/baseURI.json"
 SIGNUP_PATH = "/api/account/{account}/signup"
 FILES_PATH = "/v1/{path:.*}"
 #: `swift` (object storage) is UNCONFIRMED as a CSDS name; served so file downloads can work.
-CSDS_SERVICES = frozenset({"asyncMessagingEnt", "idp", "swift"})
+#: `acCdnDomain` (agent profiles) and `msgHist` (Messaging History) point here too.
+CSDS_SERVICES = frozenset({"asyncMessagingEnt", "idp", "swift", "acCdnDomain", "msgHist"})
 #: A 1x1 PNG, returned for files nobody uploaded (e.g. ones an agent "shared").
 TINY_PNG = base64.b64decode(
     "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNkYPhfDwAChwGA60e6kgAAAABJRU5ErkJggg=="
@@ -37,9 +42,10 @@ TINY_PNG = base64.b64decode(
 
 
 class Hub:
-    def __init__(self) -> None:
+    def __init__(self, faults: Callable[[], Faults] | None = None) -> None:
         self.connections: dict[int, Connection] = {}
         self._next_id = 1
+        self._faults = faults  # a getter: tests replace `sim.faults` wholesale
 
     def new_id(self) -> int:
         conn_id, self._next_id = self._next_id, self._next_id + 1
@@ -49,6 +55,8 @@ class Hub:
         return [c for c in self.connections.values() if c.consumer == consumer and not c.closed]
 
     def conversation_changed(self, conv: Conversation) -> None:
+        if self._faults is not None and conv.conv_id in self._faults().hidden_conversations:
+            return  # never reported on the socket: only the history lists it
         for conn in self.of_consumer(conv.consumer):
             for sub in list(conn.ex_subscriptions.values()):
                 if conv.matches(sub.conv_states, sub.stages, sub.min_ts):
@@ -64,22 +72,30 @@ class Hub:
                 conn.send(frame, conv_key=conv.conv_id, upsert=change_type == "UPSERT")
 
     def event_added(self, conv: Conversation, dialog: Dialog, change: Json, stored: bool) -> None:
-        frame = wire.messaging_notification([change])
+        if stored and change["sequence"] in dialog.withheld:
+            return  # withheld: only the history shows it until it is released
+        self.push_events(conv, dialog, [change])
+
+    def push_events(self, conv: Conversation, dialog: Dialog, changes: list[Json]) -> None:
+        """Live messaging notifications (batched) to every socket subscribed to the dialog."""
+        frames = [wire.messaging_notification(batch) for batch in wire.batches(changes)]
         for conn in self.of_consumer(conv.consumer):
             if dialog.dialog_id in conn.dialog_subscriptions:
-                conn.send(frame)
+                for frame in frames:
+                    conn.send(frame)
 
 
 class SimServer:
     def __init__(self, sim: SimulatorInterface) -> None:
         self.sim = sim
-        self.hub = Hub()
+        self.hub = Hub(lambda: sim.faults)
         self.app = web.Application()
         self.app.router.add_get(WS_PATH, self._websocket)
         self.app.router.add_get(CSDS_PATH, self._csds)
         self.app.router.add_post(SIGNUP_PATH, self._signup)
         self.app.router.add_route("GET", FILES_PATH, self._file)
         self.app.router.add_route("PUT", FILES_PATH, self._file)
+        RestApi(sim).register(self.app)
         self._runner: web.AppRunner | None = None
         self.host = "127.0.0.1"
         self.port = 0

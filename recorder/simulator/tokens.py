@@ -115,9 +115,10 @@ class TokenIssuer:
         )
 
 
-def parse_authorization(header: str) -> str | None:
-    """The token of `Authorization: jwt <token>`; the scheme is matched case-insensitively."""
+def parse_authorization(header: str, schemes: tuple[str, ...] = ("jwt",)) -> str | None:
+    """The token of `Authorization: jwt <token>` (the websocket's only scheme; the history API
+    also takes `Bearer`); the scheme is matched case-insensitively."""
     scheme, _, token = header.strip().partition(" ")
-    if scheme.lower() != "jwt" or not token.strip():
+    if scheme.lower() not in schemes or not token.strip():
         return None
     return token.strip()

@@ -69,6 +69,8 @@ class World:
         self._next_agent = 0
         self.on_conversation: ConversationListener = lambda conv: None
         self.on_event: EventListener = lambda conv, dialog, change, stored: None
+        #: Sees each stored change before `on_event` (withholding decides there).
+        self.on_store: Callable[[Dialog, Json], None] = lambda dialog, change: None
 
     # -- lookups ---------------------------------------------------------------------------------
 
@@ -313,6 +315,7 @@ class World:
         )
         dialog.events.append(change)
         self._remember("event", change)
+        self.on_store(dialog, change)
         self.on_event(conv, dialog, change, True)
         return change
 

@@ -1,4 +1,4 @@
-"""Domain lookup (CSDS): the UMS and IdP hosts of an account, cached.
+"""Domain lookup (CSDS): the UMS, IdP, history and agent-profile hosts of an account, cached.
 
 `GET {csds}/api/account/{account}/service/{name}/baseURI.json?version=1.0` answers either
 `{"baseURI": …}` or `{"baseURIs": [{"service": …, "baseURI": …}]}`; both are accepted
@@ -17,6 +17,8 @@ from recorder.errors import RecorderError
 
 UMS_SERVICE = "asyncMessagingEnt"
 IDP_SERVICE = "idp"
+HISTORY_SERVICE = "msgHist"
+AGENT_PROFILE_SERVICE = "acCdnDomain"
 
 
 class DiscoveryError(RecorderError):
@@ -86,5 +88,14 @@ class Discovery:
         return f"{'wss' if self._secure else 'ws'}://{host}"
 
     async def idp_url(self) -> str:
-        host = await self.base_uri(IDP_SERVICE)
+        return await self.https_url(IDP_SERVICE)
+
+    async def history_url(self) -> str:
+        return await self.https_url(HISTORY_SERVICE)
+
+    async def agent_profile_url(self) -> str:
+        return await self.https_url(AGENT_PROFILE_SERVICE)
+
+    async def https_url(self, service: str) -> str:
+        host = await self.base_uri(service)
         return f"{'https' if self._secure else 'http'}://{host}"

@@ -50,8 +50,11 @@ async def test_conversation_record(client: Client) -> None:
     assert body["effective_ttr"] is None
     assert body["deleted"] is False
     assert body["participants"] == [
-        {"id": AGENT2, "role": "ASSIGNED_AGENT", "state": "ACTIVE"},
-        {"id": CONSUMER, "role": "CONSUMER", "state": "ACTIVE"},
+        # No profile fetched for the agent here: nickname and picture unknown.
+        {"id": AGENT2, "role": "ASSIGNED_AGENT", "state": "ACTIVE", "nickname": None,
+         "picture_url": None},
+        {"id": CONSUMER, "role": "CONSUMER", "state": "ACTIVE", "nickname": None,
+         "picture_url": None},
     ]
     [dialog] = body["dialogs"]
     assert dialog["dialog_id"] == CONV and dialog["dialog_type"] == "MAIN"

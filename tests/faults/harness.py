@@ -78,6 +78,7 @@ def settings_for(
         load_settings(environ={}),
         account=ACCOUNT,
         ums_url=sim.ws_url,
+        csds_url=sim.http_url,  # agent profiles and the history, as LivePerson's CSDS names them
         consumers=tuple(identities),
         api_listen=f"127.0.0.1:{free_port()}",
         **changes,  # type: ignore[arg-type]

@@ -147,7 +147,8 @@ async def test_the_standby_is_promoted_mid_stream_and_nothing_is_lost(
                              token_file_identities(sim, consumers, tmp_path))
         daemon = DaemonProcess(
             {"RECORDER_DATABASE_URL": both, "RECORDER_ACCOUNT": ACCOUNT,
-             "RECORDER_UMS_URL": sim.ws_url, "RECORDER_CONFIG": str(config),
+             "RECORDER_UMS_URL": sim.ws_url, "RECORDER_CSDS_URL": sim.http_url,
+             "RECORDER_CONFIG": str(config),
              "RECORDER_LOG_LEVEL": "info"},
             tmp_path / "daemon.log",
         )

@@ -72,7 +72,7 @@ def instance(name: str, tmp_path: Path, database: DatabaseTarget, sim: Simulator
             **pooling,
             "RECORDER_DATABASE_URL": bounced or database.dsn,
             "RECORDER_ACCOUNT": ACCOUNT,
-            "RECORDER_UMS_URL": sim.ws_url,
+            "RECORDER_UMS_URL": sim.ws_url, "RECORDER_CSDS_URL": sim.http_url,
             "RECORDER_CONFIG": str(config),
             "RECORDER_INSTANCE": name,
             "RECORDER_LEASE_TTL_S": str(LEASE_TTL_S),

@@ -111,7 +111,7 @@ async def test_kill_9_mid_stream_then_restart_resumes_from_durable_cursors(
             {
                 "RECORDER_DATABASE_URL": database.dsn,
                 "RECORDER_ACCOUNT": ACCOUNT,
-                "RECORDER_UMS_URL": sim.ws_url,
+                "RECORDER_UMS_URL": sim.ws_url, "RECORDER_CSDS_URL": sim.http_url,
                 "RECORDER_CONFIG": str(config),
                 "RECORDER_LOG_LEVEL": "info",
             },

@@ -268,6 +268,21 @@ def test_every_fault_has_a_cli_flag() -> None:
     assert faults_from_args(parser.parse_args([])) == Faults()
 
 
+def test_every_rest_and_withholding_fault_has_a_cli_flag() -> None:
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args([
+        "--withhold-probability", "0.1", "--withhold-tail-probability", "0.01",
+        "--rest-reject-every", "5", "--rest-server-error-every", "6",
+        "--history-partial-probability", "0.2", "--unknown-agent", "a1", "--unknown-agent", "a2",
+    ])
+    assert faults_from_args(args) == Faults(
+        withhold_probability=0.1, withhold_tail_probability=0.01, rest_reject_every=5,
+        rest_server_error_every=6, history_partial_probability=0.2, unknown_agents={"a1", "a2"},
+    )
+    assert faults_from_args(parser.parse_args([])).unknown_agents == set()
+
+
 async def test_faults_change_at_runtime(sim: Simulator) -> None:
     consumer = sim.new_consumer()
     client = await PlainClient.connect(sim, sim.issue_token(consumer))
