@@ -604,7 +604,7 @@ def daemon_options(args: argparse.Namespace) -> dict[str, Any]:
     """The daemon's settings from the bench's arguments, picklable for a child process."""
     return {"queue_size": args.queue_size, "batch_size": args.batch_size,
             "batch_wait_ms": args.batch_wait_ms, "request_rate": args.request_rate,
-            "request_burst": args.request_burst}
+            "request_burst": args.request_burst, "no_history": args.no_history}
 
 
 @contextlib.asynccontextmanager
@@ -624,6 +624,8 @@ async def running_daemon(
         ums_url=ws_url,
         # Agent profiles (and the history) from the simulator, as LivePerson's CSDS names them.
         csds_url="http" + ws_url.removeprefix("ws"),
+        agent_profiles=not getattr(args, "no_history", False),
+        reconcile=not getattr(args, "no_history", False),
         consumers=tuple(
             ConsumerIdentity(name=f"bench-{n}", jwt=Secret(token))
             for n, (_, token) in enumerate(identities, 1)
@@ -1873,6 +1875,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="fail if nothing is committed for this long while events miss")
     parser.add_argument("--phases", type=lambda s: [p for p in s.split(",") if p],
                         default=list(PHASES), help=f"comma-separated subset of {PHASES}")
+    parser.add_argument("--no-history", action="store_true",
+                        help="agent profiles and reconciliation off (the daemon before issue "
+                             "16): their cost on the ingest path, same run")
     parser.add_argument("--layout", choices=(*LAYOUTS, "both"), default="roles",
                         help="roles: ingest and project each in a child process, as `recorder "
                              "run` runs them; inprocess: every role in this process (as "

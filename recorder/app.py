@@ -254,7 +254,7 @@ async def _add_identities(
     for identity, (_, tokens) in zip(settings.identities(), sources, strict=True):
         subscriber = Subscriber(app.cursors, client_settings,
                                 closed_grace_s=settings.closed_grace_s)
-        sink = RecordingSink(app.writer, account, follower=subscriber)
+        sink = RecordingSink(app.writer, account, follower=subscriber, agents=app.profiles)
         client = ConsumerClient(
             account=account,
             tokens=tokens,
@@ -293,7 +293,6 @@ def _add_history(
         app.profiles = AgentProfiles(rest, discovery.agent_profile_url, app.writer.put, pool,
                                      account, ttl_s=settings.agent_profile_ttl_s,
                                      observe=metrics.observe_profile)
-        app.writer.add_listener(app.profiles.committed)
         app.supervisor.add("agent-profiles", app.profiles.run, drain_s=5)
     if settings.reconcile:
         tokens = IdentityTokens(

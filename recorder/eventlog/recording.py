@@ -57,6 +57,8 @@ class Learned(NamedTuple):
     closed: bool
     #: its metadata time, epoch ms
     updated_ms: int | None
+    #: its `conversationDetails`, as received (participants for the agent profiles)
+    details: Any = None
 
 
 class Recorded(NamedTuple):
@@ -107,7 +109,7 @@ def record_notification(
                 payload = canonical.decode()
             if change_type == "UPSERT" and conversation_id:
                 learned.append(Learned(conversation_id, dialog_ids(details),
-                                       is_closed(details), updated_ms))
+                                       is_closed(details), updated_ms, details))
             records.append(EventRecord(
                 received_at=received_at, account_id=account_id, consumer_id=consumer_id,
                 session_id=session_id, kind="conversation", type=frame_type,
@@ -252,15 +254,23 @@ class CursorStore:
                                     (stored.conversation_id, stored.consumer_id))
 
 
+class AgentWatcher(Protocol):
+    """Told each UPSERT's participants (recorder.history.profiles.AgentProfiles.seen)."""
+
+    def seen(self, consumer_id: str, conversation_id: str, details: Any) -> None: ...
+
+
 class RecordingSink:
     """The FrameHandler of one identity (recorder.ums.connection): every frame goes to the
     writer as log rows, read in one pass, and the dialogs its UPSERTs name go to `follower`
     (the subscriber), after the rows are queued: the frame is kept even if following fails."""
 
-    def __init__(self, writer: EventWriter, account_id: str, follower: DialogFollower) -> None:
+    def __init__(self, writer: EventWriter, account_id: str, follower: DialogFollower,
+                 agents: AgentWatcher | None = None) -> None:
         self._writer = writer
         self._account_id = account_id
         self._follower = follower
+        self._agents = agents
         self.stats = IdentityStats()
 
     def _seen(self, received_at: float) -> None:
@@ -282,6 +292,8 @@ class RecordingSink:
         for found in learned:
             self._follower.follow(connection, found.conversation_id, found.dialog_ids,
                                   closed=found.closed, updated_ms=found.updated_ms)
+            if self._agents is not None:
+                self._agents.seen(connection.consumer_id, found.conversation_id, found.details)
 
     async def on_malformed(
         self, connection: UmsConnection, error: MalformedFrame, received_at: float

@@ -1,7 +1,8 @@
 """Agents' public profiles: fetched when an agent first appears, appended to the log.
 
-The writer tells `AgentProfiles.committed` what it stored; a conversation UPSERT naming an
-agent (participants with an agent role) that is not cached queues one fetch of
+The recording sink tells `AgentProfiles.seen` each UPSERT it read (its details are parsed
+already: nothing is decoded twice); one naming an agent (a participant with an agent role)
+that is not cached queues one fetch of
 `GET {acCdnDomain}/api/account/{account}/configuration/le-users/users/{agentPid}` (no auth,
 protocol.md section 12). The answer becomes an `agent` event, so the projection (`agents`)
 stays a pure function of the log:
@@ -28,7 +29,6 @@ import asyncpg
 import orjson
 
 from recorder.errors import RecorderError
-from recorder.eventlog.appender import AppendResult
 from recorder.eventlog.records import (
     AGENT_PROFILE_TYPE,
     EventRecord,
@@ -50,17 +50,8 @@ AGENT_ROLES = frozenset({"ASSIGNED_AGENT", "AGENT", "READER", "MANAGER"})
 #: once this long has passed.
 FAILED_RETRY_S = 60.0
 QUEUE_SIZE = 10_000
-def agents_named(record: EventRecord) -> list[str]:
-    """Agent ids a stored conversation UPSERT names."""
-    if record.kind != "conversation" or record.change_type != "UPSERT":
-        return []
-    try:
-        change = orjson.loads(record.payload)
-    except orjson.JSONDecodeError:
-        return []
-    if not isinstance(change, dict):
-        return []
-    details = payload.read_conversation_change(change).details
+def agents_named(details: Any) -> list[str]:
+    """Agent ids an UPSERT's `conversationDetails` names (any participants shape)."""
     return [p.id for p in payload.participants(details) if p.role in AGENT_ROLES]
 
 
@@ -100,20 +91,18 @@ class AgentProfiles:
         self._queue: asyncio.Queue[tuple[str, str, str | None]] = asyncio.Queue(QUEUE_SIZE)
         self.fetched = 0
 
-    def committed(self, result: AppendResult) -> None:
-        """Writer listener: queue a fetch for each agent not fetched within the TTL."""
+    def seen(self, consumer_id: str, conversation_id: str, details: Any) -> None:
+        """The recording sink read an UPSERT: queue a fetch for each agent it names that was
+        not fetched within the TTL (the UPSERT's rows are queued for the writer already)."""
         now = time.monotonic()
-        for _, record in result.stored:
-            if record.kind != "conversation":
+        for agent_id in agents_named(details):
+            if agent_id in self._queued or self._fresh_until.get(agent_id, 0.0) > now:
                 continue
-            for agent_id in agents_named(record):
-                if agent_id in self._queued or self._fresh_until.get(agent_id, 0.0) > now:
-                    continue
-                try:
-                    self._queue.put_nowait((agent_id, record.consumer_id, record.conversation_id))
-                except asyncio.QueueFull:
-                    return  # seen again on its next UPSERT
-                self._queued.add(agent_id)
+            try:
+                self._queue.put_nowait((agent_id, consumer_id, conversation_id))
+            except asyncio.QueueFull:
+                return  # seen again on its next UPSERT
+            self._queued.add(agent_id)
 
     async def load(self) -> None:
         """Seed the cache from what the projection already holds."""

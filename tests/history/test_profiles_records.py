@@ -12,14 +12,13 @@ import aiohttp
 import orjson
 import pytest
 
-from recorder.eventlog.appender import AppendResult
 from recorder.eventlog.records import AGENT_PROFILE_TYPE, EventRecord
 from recorder.history.profiles import AGENT_ROLES, AgentProfiles, agents_named, profile_record
 from recorder.history.rest import RestClient
 from recorder.history.sessions import rest_session_id
 from recorder.simulator import Simulator
 from tests.helpers import wait_until
-from tests.projection_helpers import ACCOUNT, CONSUMER, CONV, record, upsert
+from tests.projection_helpers import ACCOUNT, CONSUMER, CONV, upsert
 
 CONTROLLER = "controller-1"
 PROFILE = {"id": "agent-1", "nickname": "Léa", "fullName": "Léa Dubois",
@@ -27,12 +26,12 @@ PROFILE = {"id": "agent-1", "nickname": "Léa", "fullName": "Léa Dubois",
 TOKEN = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJjb25zdW1lciJ9.c2lnbmF0dXJl"
 
 
-def with_participants(participants: Any, **more: Any) -> EventRecord:
-    change = upsert(CONV, 1_700_000_000_000)
-    details = change["result"]["conversationDetails"]
+def with_participants(participants: Any, **more: Any) -> dict[str, Any]:
+    """An UPSERT's `conversationDetails` with these participants."""
+    details = upsert(CONV, 1_700_000_000_000)["result"]["conversationDetails"]
     details["participants"] = participants
     details.update(more)
-    return record(change)
+    return dict(details)
 
 
 def test_agent_roles_are_the_documented_ones() -> None:
@@ -61,18 +60,10 @@ def test_agents_named_in_the_role_map_shapes() -> None:
     assert agents_named(pids) == ["agent-uuid"]
 
 
-def test_agents_named_only_from_conversation_upserts() -> None:
-    people = [{"id": "a-1", "role": "ASSIGNED_AGENT"}]
-    stored = with_participants(people)
-    assert agents_named(stored) == ["a-1"]
-    for other in (
-        record({"type": "DELETE", "result": {"convId": CONV, "conversationDetails": {
-            "participants": people}}}),
-        EventRecord(**{**_fields(stored), "kind": "messaging"}),
-        EventRecord(**{**_fields(stored), "payload": "not json"}),
-        EventRecord(**{**_fields(stored), "payload": "[1, 2]"}),
-        with_participants([{"id": CONSUMER, "role": "CONSUMER"}]),
-    ):
+def test_agents_named_from_odd_details_is_nobody() -> None:
+    assert agents_named(with_participants([{"id": "a-1", "role": "ASSIGNED_AGENT"}])) == ["a-1"]
+    for other in (None, "not details", [1, 2], {}, with_participants([]),
+                  with_participants([{"id": CONSUMER, "role": "CONSUMER"}])):
         assert agents_named(other) == []
 
 
@@ -177,9 +168,10 @@ async def test_agent_profiles_fetch_once_per_agent_without_any_token(sim: Simula
                    for _ in range(3)]
         stop = asyncio.Event()
         running = asyncio.ensure_future(profiles.run(stop))
-        profiles.committed(AppendResult(stored=list(enumerate(upserts, start=1))))
+        for details in upserts:
+            profiles.seen(CONSUMER, CONV, details)
         await wait_until(lambda: profiles.fetched == 2, within_s=10)
-        profiles.committed(AppendResult(stored=[(9, upserts[0])]))  # fresh within the TTL
+        profiles.seen(CONSUMER, CONV, upserts[0])  # fresh within the TTL
         await asyncio.sleep(0.1)
         stop.set()
         await asyncio.wait_for(running, 5)
