@@ -9,6 +9,8 @@
    against the simulator's history, with the REST budget lifted so the figure is the
    reconciler's own cost, not the budget's; a second pass checks them all again (nothing left
    to backfill: the steady-state cost).
+   `--partial P` serves that share of the history's pages with records missing (each page is
+   fetched again, up to three times, and the attempts combined).
 3. Report: requests per conversation, seconds per 1,000 conversations (both passes), events
    backfilled against events withheld (they must be equal: exit 1 otherwise), and what the
    default budget (RECORDER_REST_REQUESTS_PER_MINUTE=120) makes of 1,000 conversations.
@@ -139,7 +141,7 @@ async def reconcile_all(sim: Simulator, consumers: list[str], target: DatabaseTa
         stop.set()
         await writing
         await pool.close()
-    bad = [o for o in outcomes if o.status != "reconciled"]
+    bad = [o for o in outcomes if o.status not in ("reconciled", "partial")]
     if bad:
         raise CorrectnessError(f"{len(bad)} conversations not reconciled: {bad[:3]}")
     return (seconds, rest.requests, sum(o.backfilled for o in outcomes),
@@ -155,6 +157,7 @@ async def bench(args: argparse.Namespace) -> dict[str, object]:
         stored, withheld = await record(sim, consumers, target, args.conversations, args.withhold)
         total = sum(len(sim.conversation_ids(c)) for c in consumers)
         say(f"{stored} events stored upstream, {withheld} withheld from the socket")
+        sim.faults = Faults(history_partial_probability=args.partial)
         first = await reconcile_all(sim, consumers, target)
         say(f"first pass: {first[0]:.2f}s, {first[1]} requests, {first[2]} backfilled")
         second = await reconcile_all(sim, consumers, target)
@@ -167,8 +170,8 @@ async def bench(args: argparse.Namespace) -> dict[str, object]:
                 f"backfilled {backfilled} (passes {first[2]}, {second[2]}), withheld {withheld}")
         per_conversation = first[1] / total
         return {
-            "database": where, "conversations": total, "events_upstream": stored,
-            "withheld": withheld, "backfilled": backfilled,
+            "database": where, "conversations": total, "partial_pages": args.partial,
+            "events_upstream": stored, "withheld": withheld, "backfilled": backfilled,
             "history_records": first[3],
             "requests_per_conversation": round(per_conversation, 3),
             "first_pass_s_per_1000": round(first[0] / total * 1000, 2),
@@ -197,6 +200,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--conversations", type=int, default=20, help="per consumer")
     parser.add_argument("--withhold", type=float, default=0.01)
     parser.add_argument("--seed", type=int, default=16)
+    parser.add_argument("--partial", type=float, default=0.0,
+                        help="share of history pages served partial (records missing)")
     args = parser.parse_args(argv)
     return report(lambda: asyncio.run(bench(args)))
 
