@@ -119,9 +119,9 @@ async def build_app(
     ingest, project, serve = (role in roles for role in ROLES)
     account = require_recording_settings(settings) if ingest else ""
     api_host, api_port = settings.api_host_port
-    api_token = None if settings.api_token is None else settings.api_token.reveal()
+    api_tokens = settings.api_credentials()
     if serve:
-        check_listen_allowed(api_host, api_token)
+        check_listen_allowed(api_host, next(iter(api_tokens.values()), None))
     await migrate.require_current_schema(target)
     # Shared by the sessions ledger and the read API; API requests queue here under load.
     pool = await asyncpg.create_pool(target.dsn, **target.connect_options(min_size=1, max_size=10))
@@ -181,7 +181,7 @@ async def build_app(
                 supervisor.add("started", started(ready), drain_s=1)
                 yield app
                 return
-            api = create_app(pool, token=api_token, metrics_render=metrics.render,
+            api = create_app(pool, tokens=api_tokens, metrics_render=metrics.render,
                              commits=wakeups)
             # A bad address stops us here; workers of one port share it by SO_REUSEPORT.
             runner = await listen(api, api_host, api_port, reuse_port=settings.api_workers > 1)

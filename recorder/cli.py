@@ -217,7 +217,8 @@ def build_parser() -> argparse.ArgumentParser:
 def register_settings_secrets(settings: Settings) -> None:
     """Keep the configured secrets out of every log line (recorder.logs redacts them)."""
     for secret in (settings.api_token, settings.consumer_jwt,
-                   *(identity.jwt for identity in settings.consumers)):
+                   *(identity.jwt for identity in settings.consumers),
+                   *(named.token for named in settings.api_tokens)):
         if secret is not None:
             register_secret(secret.reveal())
     if settings.database_url is not None:

@@ -54,6 +54,14 @@ class ConsumerIdentity:
 
 
 @dataclasses.dataclass(frozen=True)
+class ApiToken:
+    """One named read-API token from TOML `[[api_tokens]]`; the name is what the audit shows."""
+
+    name: str
+    token: Secret
+
+
+@dataclasses.dataclass(frozen=True)
 class Settings:
     config_file: Path | None = None
     database_url: Secret | None = None
@@ -67,6 +75,7 @@ class Settings:
     exports: tuple[ExportJob, ...] = ()
     api_listen: str = "127.0.0.1:8780"
     api_token: Secret | None = None
+    api_tokens: tuple[ApiToken, ...] = ()
     log_format: str = "text"
     log_level: str = "INFO"
     queue_size: int = 10_000
@@ -94,6 +103,13 @@ class Settings:
     @property
     def api_host_port(self) -> tuple[str, int]:
         return split_host_port(self.api_listen, "RECORDER_API_LISTEN")
+
+    def api_credentials(self) -> dict[str, str]:
+        """Every read-API token by name: RECORDER_API_TOKEN as `default`, then
+        `[[api_tokens]]`. Empty: no authentication (loopback only)."""
+        found = {} if self.api_token is None else {DEFAULT_TOKEN_NAME: self.api_token.reveal()}
+        found.update((t.name, t.token.reveal()) for t in self.api_tokens)
+        return found
 
     def identities(self) -> tuple[ConsumerIdentity, ...]:
         """All configured identities: the single-identity settings first, then `[[consumers]]`."""
@@ -505,6 +521,42 @@ def _parse_consumers(raw: Any) -> tuple[ConsumerIdentity, ...]:
     return tuple(identities)
 
 
+DEFAULT_TOKEN_NAME = "default"
+
+
+def _parse_api_tokens(raw: Any, single: bool) -> tuple[ApiToken, ...]:
+    if not isinstance(raw, list):
+        raise ConfigError("api_tokens", "must be an array of tables ([[api_tokens]])")
+    tokens: list[ApiToken] = []
+    for index, entry in enumerate(raw):
+        where = f"api_tokens[{index}]"
+        if not isinstance(entry, dict):
+            raise ConfigError(where, "must be a table")
+        unknown = set(entry) - {"name", "token_file"}
+        if unknown:
+            raise ConfigError(f"{where}.{sorted(unknown)[0]}", "is not a known setting "
+                              "(a token is read from token_file, never written in the file)")
+        for key in ("name", "token_file"):
+            if key not in entry:
+                raise ConfigError(f"{where}.{key}", "is required")
+        name = _text(entry["name"], f"{where}.name")
+        if not re.fullmatch(r"[A-Za-z0-9_.@-]{1,64}", name):
+            raise ConfigError(f"{where}.name", "must be 1 to 64 letters, digits or . _ - @")
+        if single and name == DEFAULT_TOKEN_NAME:
+            raise ConfigError(f"{where}.name", "'default' is taken by RECORDER_API_TOKEN")
+        token = _read_secret_file(entry["token_file"], f"{where}.token_file")
+        tokens.append(ApiToken(name, Secret(token)))
+    names = [t.name for t in tokens]
+    duplicated = sorted({n for n in names if names.count(n) > 1})
+    if duplicated:
+        raise ConfigError("api_tokens", f"names must be unique; {duplicated[0]!r} repeats")
+    values = [t.token for t in tokens]
+    if len(set(values)) != len(values):
+        raise ConfigError("api_tokens", "two names share one token: the audit could not tell "
+                          "them apart")
+    return tuple(tokens)
+
+
 def _load_toml(path: Path) -> dict[str, Any]:
     try:
         with path.open("rb") as handle:
@@ -542,7 +594,7 @@ def load_settings(
         config_path = Path(path_text).expanduser()
         file_values = _load_toml(config_path)
 
-    known = {_toml_key(spec) for spec in SETTINGS} | {"consumers", "exports"}
+    known = {_toml_key(spec) for spec in SETTINGS} | {"consumers", "exports", "api_tokens"}
     known |= {spec.field + "_file" for spec in SETTINGS if spec.file_env}
     for key in file_values:
         if key not in known:
@@ -573,6 +625,11 @@ def load_settings(
         values["log_format"] = "journal"
     if "consumers" in file_values:
         values["consumers"] = _parse_consumers(file_values["consumers"])
+    if "api_tokens" in file_values:
+        values["api_tokens"] = _parse_api_tokens(file_values["api_tokens"],
+                                                 values.get("api_token") is not None)
+        if any(t.token == values.get("api_token") for t in values["api_tokens"]):
+            raise ConfigError("api_tokens", "a named token repeats RECORDER_API_TOKEN")
     if "exports" in file_values:
         values["exports"] = parse_exports(
             file_values["exports"], values.get("state_dir", Settings.state_dir)

@@ -133,8 +133,7 @@ async def run_role_processes(
         require_recording_settings(settings)
     if "serve" in roles:
         host, port = settings.api_host_port
-        check_listen_allowed(host, None if settings.api_token is None
-                             else settings.api_token.reveal())
+        check_listen_allowed(host, next(iter(settings.api_credentials().values()), None))
         probe_listen(host, port, reuse_port=settings.api_workers > 1)
     supervisor: RoleSupervisor | None = None
 

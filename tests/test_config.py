@@ -591,3 +591,47 @@ def test_an_empty_or_unreadable_token_file_is_rejected_at_start(tmp_path: Path) 
     with pytest.raises(ConfigError) as caught:
         load_settings(environ={"RECORDER_CONSUMER_JWT_FILE": str(empty / "below")})
     assert_names(caught.value, "RECORDER_CONSUMER_JWT_FILE")
+
+
+def test_named_api_tokens_are_read_from_their_files(tmp_path: Path) -> None:
+    ops = write_file(tmp_path, "ops", "tok-ops-0123\n")
+    qa = write_file(tmp_path, "qa", "tok-qa-4567")
+    config = write_file(tmp_path, "t.toml", f"""
+[[api_tokens]]
+name = "ops"
+token_file = "{ops}"
+
+[[api_tokens]]
+name = "quality.review"
+token_file = "{qa}"
+""")
+    settings = load_settings(config, environ={"RECORDER_API_TOKEN": "tok-main"})
+    assert settings.api_credentials() == {
+        "default": "tok-main", "ops": "tok-ops-0123", "quality.review": "tok-qa-4567"}
+    assert "tok-ops" not in repr(settings)
+    assert load_settings(environ={}).api_credentials() == {}
+
+
+@pytest.mark.parametrize(("entries", "setting"), [
+    ('name = "ops"', "api_tokens[0].token_file"),
+    ('token_file = "{f}"', "api_tokens[0].name"),
+    ('name = "ops"\ntoken = "inline"\ntoken_file = "{f}"', "api_tokens[0].token"),
+    ('name = "no spaces allowed"\ntoken_file = "{f}"', "api_tokens[0].name"),
+    ('name = "default"\ntoken_file = "{f}"', "api_tokens[0].name"),
+    ('name = "ops"\ntoken_file = "{f}.missing"', "api_tokens[0].token_file"),
+    ('name = "ops"\ntoken_file = "{f}"\n\n[[api_tokens]]\nname = "ops"\ntoken_file = "{g}"',
+     "api_tokens"),
+    ('name = "ops"\ntoken_file = "{f}"\n\n[[api_tokens]]\nname = "qa"\ntoken_file = "{f}"',
+     "api_tokens"),
+])
+def test_bad_named_api_tokens_fail_naming_the_setting(
+    tmp_path: Path, entries: str, setting: str
+) -> None:
+    f = write_file(tmp_path, "f", "tok-f")
+    g = write_file(tmp_path, "g", "tok-g")
+    config = write_file(tmp_path, "t.toml",
+                        "[[api_tokens]]\n" + entries.format(f=f, g=g) + "\n")
+    with pytest.raises(ConfigError) as raised:
+        load_settings(config, environ={"RECORDER_API_TOKEN": "tok-main"})
+    assert raised.value.setting == setting
+    assert "tok-f" not in str(raised.value) and "tok-g" not in str(raised.value)

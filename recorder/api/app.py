@@ -11,7 +11,7 @@ HEAD too.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import orjson
@@ -23,6 +23,7 @@ from recorder.api.database_faults import GuardedPool, database_fault_middleware
 from recorder.api.openapi import OPERATIONS, document
 from recorder.api.problems import error_middleware
 from recorder.api.stream import CommitWaiter
+from recorder.config import DEFAULT_TOKEN_NAME
 from recorder.db import migrate
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -44,16 +45,21 @@ HANDLERS: dict[str, Handler] = {
 def create_app(
     pool: Any,
     *,
-    token: str | None,
+    token: str | None = None,
+    tokens: Mapping[str, str] | None = None,
     metrics_render: Callable[[], tuple[bytes, str]] | None = None,
     readiness: Callable[[], Awaitable[dict[str, Any]]] | None = None,
     commits: CommitWaiter | None = None,
     stream_poll_s: float = 0.5,
     stream_heartbeat_s: float = 15.0,
 ) -> web.Application:
-    """The read API. `token` None disables authentication: only for loopback listeners."""
+    """The read API. `tokens`: the accepted bearer tokens by name (`token` alone is named
+    `default`); none disables authentication, which is only for loopback listeners."""
+    credentials = dict(tokens or {})
+    if token:
+        credentials.setdefault(DEFAULT_TOKEN_NAME, token)
     app = web.Application(
-        middlewares=[error_middleware, auth_middleware(token), database_fault_middleware])
+        middlewares=[error_middleware, auth_middleware(credentials), database_fault_middleware])
     app[routes.POOL] = GuardedPool(pool)
     app[routes.METRICS] = metrics_render
     app[routes.READINESS] = readiness

@@ -11,9 +11,11 @@
 
 from __future__ import annotations
 
+import contextvars
 import hashlib
 import hmac
 import ipaddress
+from collections.abc import Mapping
 
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
@@ -52,8 +54,27 @@ def _digest(value: str) -> bytes:
     return hashlib.sha256(value.encode("utf-8", "surrogatepass")).digest()
 
 
-def auth_middleware(token: str | None) -> Middleware:
-    expected = _digest(token) if token else None
+#: The name of the token the request being handled presented (None without authentication).
+#: A context variable: each request's handler runs in its own task (and request storage keys
+#: need aiohttp 3.14).
+CREDENTIAL: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "recorder_credential", default=None)
+
+
+def match_token(presented: str, expected: Mapping[str, bytes]) -> str | None:
+    """The name of the token `presented` is, or None. Every token is compared (constant
+    time each), so how many there are and which one matched do not show in the timing."""
+    digest, found = _digest(presented), None
+    for name, wanted in expected.items():
+        if hmac.compare_digest(digest, wanted) and found is None:
+            found = name
+    return found
+
+
+def auth_middleware(tokens: Mapping[str, str]) -> Middleware:
+    """Bearer authentication against the named tokens (none: every request is let in, which
+    is allowed on loopback only). The matched token's name is in `CREDENTIAL`."""
+    expected = {name: _digest(value) for name, value in tokens.items() if value}
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -62,17 +83,20 @@ def auth_middleware(token: str | None) -> Middleware:
                 "credentials are not accepted in the query string; "
                 "send them in the Authorization header"
             )
-        if expected is not None and request.path not in OPEN_PATHS:
+        CREDENTIAL.set(None)
+        if expected and request.path not in OPEN_PATHS:
             scheme, _, presented = request.headers.get("Authorization", "").partition(" ")
             presented = presented.strip()
             if scheme.lower() != "bearer" or not presented:
                 raise Problem(401, "a bearer token is required", headers=CHALLENGE)
-            if not hmac.compare_digest(_digest(presented), expected):
+            name = match_token(presented, expected)
+            if name is None:
                 raise Problem(
                     401,
                     "the bearer token is not valid",
                     headers={"WWW-Authenticate": 'Bearer realm="recorder", error="invalid_token"'},
                 )
+            CREDENTIAL.set(name)
         return await handler(request)
 
     return middleware

@@ -15,6 +15,7 @@ import asyncpg
 import orjson
 from aiohttp import web
 
+from recorder.api import audit
 from recorder.api import models as m
 from recorder.api import sql as q
 from recorder.api.database_faults import GuardedPool
@@ -98,7 +99,9 @@ async def list_conversations(request: web.Request) -> web.Response:
     args.append(p.limit + 1)
     statement = q.LIST_CONVERSATIONS.format(
         columns=q.CONVERSATION_COLUMNS, where=" AND ".join(clauses) or "true", limit=len(args))
-    rows = await request.app[POOL].fetch(statement, *args)
+    async with request.app[POOL].acquire() as connection:
+        await audit.record(connection, request, audit.SEARCH, detail=audit.query_detail(request))
+        rows = await connection.fetch(statement, *args)
     more = len(rows) > p.limit
     rows = rows[: p.limit]
     next_cursor = None
@@ -111,6 +114,7 @@ async def list_conversations(request: web.Request) -> web.Response:
 async def get_conversation(request: web.Request) -> web.Response:
     p = parse(m.ConversationPath, request)
     async with request.app[POOL].acquire() as connection:
+        await audit.record(connection, request, audit.VIEW, p.id)
         row = await connection.fetchrow(q.GET_CONVERSATION_RECORD, p.id)
     if row is None:
         raise not_found("no conversation with this id has been recorded")
@@ -135,6 +139,9 @@ async def get_conversation(request: web.Request) -> web.Response:
 async def list_messages(request: web.Request) -> web.Response:
     p = parse(m.MessagesQuery, request)
     dialog, sequence = p.after if p.after is not None else FIRST_KEY
+    async with request.app[POOL].acquire() as connection:
+        await audit.record(connection, request, audit.MESSAGES, p.id,
+                           audit.query_detail(request) or None)
     async with request.app[POOL].acquire() as connection, connection.transaction(
         isolation="repeatable_read", readonly=True
     ):
@@ -187,10 +194,12 @@ async def list_events(request: web.Request) -> web.Response:
 
 async def list_conversation_events(request: web.Request) -> web.Response:
     p = parse(m.ConversationEventsQuery, request)
-    pool = request.app[POOL]
-    rows = await pool.fetch(q.CONVERSATION_EVENTS_AFTER, p.id, p.after, p.limit)
-    if not rows and not await pool.fetchval(q.CONVERSATION_KNOWN, p.id):
-        raise not_found("no conversation with this id has been recorded")
+    async with request.app[POOL].acquire() as connection:
+        await audit.record(connection, request, audit.EVENTS, p.id,
+                           audit.query_detail(request) or None)
+        rows = await connection.fetch(q.CONVERSATION_EVENTS_AFTER, p.id, p.after, p.limit)
+        if not rows and not await connection.fetchval(q.CONVERSATION_KNOWN, p.id):
+            raise not_found("no conversation with this id has been recorded")
     return event_page(rows)
 
 

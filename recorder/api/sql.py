@@ -116,3 +116,13 @@ SELECT EXISTS (SELECT 1 FROM conversations WHERE conversation_id = $1)
 # -- health --------------------------------------------------------------------------------------
 
 SCHEMA_REVISION = "SELECT version_num FROM alembic_version"
+
+# -- audit (recorder.api.audit) ------------------------------------------------------------------
+
+# One statement, one round trip: the CTE turns synchronous_commit off for this implicit
+# transaction only, so the insert does not wait for its WAL flush.
+AUDIT_INSERT = """
+WITH relaxed AS (SELECT set_config('synchronous_commit', 'off', true))
+INSERT INTO audit (credential, client, action, conversation_id, detail, path)
+SELECT $1, $2, $3, $4, $5::jsonb, $6 FROM relaxed
+"""

@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 #: What analysts may read: the event log, the projection, and the analyst views.
 READABLE = (
     "events", "conversations", "dialogs", "participants", "messages", "receipts", "agents",
-    "reconciliations", "v_messages", "v_conversation_facts", "v_daily",
+    "reconciliations", "audit", "v_messages", "v_conversation_facts", "v_daily",
 )
 
 

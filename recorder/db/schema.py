@@ -332,5 +332,22 @@ reconciliations = Table(
     Index("reconciliations_checked_at_idx", "checked_at"),
 )
 
+# Who read what (recorder.api.audit, migration 0007): append-only, a trigger refuses UPDATE
+# and DELETE.
+audit = Table(
+    "audit",
+    metadata,
+    Column("id", BigInteger, primary_key=True, autoincrement=True),
+    Column("at", TIMESTAMPTZ, nullable=False, server_default=text("now()")),
+    Column("credential", Text),  # the name of the token presented; NULL without auth
+    Column("client", Text),
+    Column("action", Text, nullable=False),
+    Column("conversation_id", Text),
+    Column("detail", JSONB),
+    Column("path", Text),
+    Index("audit_at_idx", "at"),
+    Index("audit_conversation_id_idx", "conversation_id"),
+)
+
 PROJECTION_TABLES = (conversations, dialogs, participants, messages, receipts, agents,
                      reconciliations)
