@@ -43,7 +43,7 @@ from recorder.history.messaging_history import MessagingHistory
 from recorder.history.reconciler import IdentityTokens, Reconciler
 from recorder.history.rest import RestClient
 from recorder.simulator import Faults, Simulator
-from recorder.simulator.model import CLOSE, OPEN
+from recorder.simulator.traffic import close_everything
 from recorder.ums.discovery import Discovery
 from recorder.ums.tokens import StaticTokenSource
 
@@ -57,16 +57,6 @@ async def _poll(condition: object, what: str, within_s: float) -> None:
         if time.monotonic() > deadline:
             raise CorrectnessError(f"{what}: not reached within {within_s:.0f}s")
         await asyncio.sleep(0.2)
-
-
-def _close_everything(sim: Simulator, consumers: list[str]) -> None:
-    for consumer in consumers:
-        for conversation_id in sim.conversation_ids(consumer):
-            conversation = sim.world.conversation(conversation_id)
-            if conversation.state == OPEN:
-                sim.close_conversation(conversation_id, survey=False)
-            elif conversation.stage != CLOSE:
-                sim.complete_survey(conversation_id)
 
 
 async def record(sim: Simulator, consumers: list[str], target: DatabaseTarget,
@@ -86,7 +76,7 @@ async def record(sim: Simulator, consumers: list[str], target: DatabaseTarget,
         # Enough steps for every conversation to run its course (about a dozen each).
         await sim.start_traffic(consumers, conversations, rate=3000, total_events=total * 14)
         sim.faults = Faults()
-        _close_everything(sim, consumers)
+        close_everything(sim, consumers)
         stored = sum(len(d.events) for c in consumers for cid in sim.conversation_ids(c)
                      for d in sim.world.conversation(cid).dialogs)
         withheld = len(sim.withheld_events())
@@ -162,9 +152,12 @@ async def bench(args: argparse.Namespace) -> dict[str, object]:
         say(f"first pass: {first[0]:.2f}s, {first[1]} requests, {first[2]} backfilled")
         second = await reconcile_all(sim, consumers, target)
         say(f"second pass: {second[0]:.2f}s, {second[1]} requests, {second[2]} backfilled")
-        async with _connect(target) as connection:
+        connection = await asyncpg.connect(target.dsn)
+        try:
             backfilled = await connection.fetchval(
                 "SELECT count(*) FROM events WHERE type = 'msgHist.MessageEventRecord'")
+        finally:
+            await connection.close()
         if backfilled != withheld or first[2] != withheld or second[2] != 0:
             raise CorrectnessError(
                 f"backfilled {backfilled} (passes {first[2]}, {second[2]}), withheld {withheld}")
@@ -180,18 +173,6 @@ async def bench(args: argparse.Namespace) -> dict[str, object]:
             "default_budget_s_per_1000": round(
                 per_conversation * 1000 / DEFAULT_BUDGET_PER_MINUTE * 60, 1),
         }
-
-
-class _connect:
-    def __init__(self, target: DatabaseTarget) -> None:
-        self._target = target
-
-    async def __aenter__(self) -> asyncpg.Connection:
-        self._connection: asyncpg.Connection = await asyncpg.connect(self._target.dsn)
-        return self._connection
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self._connection.close()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

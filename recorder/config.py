@@ -484,17 +484,34 @@ def _read_secret_file(path_text: str, name: str) -> str:
     return content
 
 
-def _parse_consumers(raw: Any) -> tuple[ConsumerIdentity, ...]:
+def _tables(raw: Any, section: str, keys: set[str],
+            unknown_hint: str = "") -> list[tuple[int, str, dict[str, Any]]]:
+    """The entries of a TOML array of tables (`[[section]]`): (index, where, entry), each
+    a table with no key outside `keys`."""
     if not isinstance(raw, list):
-        raise ConfigError("consumers", "must be an array of tables ([[consumers]])")
-    identities: list[ConsumerIdentity] = []
+        raise ConfigError(section, f"must be an array of tables ([[{section}]])")
+    entries: list[tuple[int, str, dict[str, Any]]] = []
     for index, entry in enumerate(raw):
-        where = f"consumers[{index}]"
+        where = f"{section}[{index}]"
         if not isinstance(entry, dict):
             raise ConfigError(where, "must be a table")
-        unknown = set(entry) - {"name", "jwt", "jwt_file", "signup"}
+        unknown = set(entry) - keys
         if unknown:
-            raise ConfigError(f"{where}.{sorted(unknown)[0]}", "is not a known setting")
+            raise ConfigError(f"{where}.{sorted(unknown)[0]}",
+                              "is not a known setting" + unknown_hint)
+        entries.append((index, where, entry))
+    return entries
+
+
+def _require_unique_names(section: str, names: list[str]) -> None:
+    duplicated = sorted({n for n in names if names.count(n) > 1})
+    if duplicated:
+        raise ConfigError(section, f"names must be unique; {duplicated[0]!r} repeats")
+
+
+def _parse_consumers(raw: Any) -> tuple[ConsumerIdentity, ...]:
+    identities: list[ConsumerIdentity] = []
+    for index, where, entry in _tables(raw, "consumers", {"name", "jwt", "jwt_file", "signup"}):
         signup = entry.get("signup", False)
         if not isinstance(signup, bool):
             raise ConfigError(f"{where}.signup", "must be true or false")
@@ -514,10 +531,7 @@ def _parse_consumers(raw: Any) -> tuple[ConsumerIdentity, ...]:
                 signup=signup,
             )
         )
-    names = [identity.name for identity in identities]
-    duplicated = sorted({n for n in names if names.count(n) > 1})
-    if duplicated:
-        raise ConfigError("consumers", f"names must be unique; {duplicated[0]!r} repeats")
+    _require_unique_names("consumers", [identity.name for identity in identities])
     return tuple(identities)
 
 
@@ -525,17 +539,10 @@ DEFAULT_TOKEN_NAME = "default"
 
 
 def _parse_api_tokens(raw: Any, single: bool) -> tuple[ApiToken, ...]:
-    if not isinstance(raw, list):
-        raise ConfigError("api_tokens", "must be an array of tables ([[api_tokens]])")
     tokens: list[ApiToken] = []
-    for index, entry in enumerate(raw):
-        where = f"api_tokens[{index}]"
-        if not isinstance(entry, dict):
-            raise ConfigError(where, "must be a table")
-        unknown = set(entry) - {"name", "token_file"}
-        if unknown:
-            raise ConfigError(f"{where}.{sorted(unknown)[0]}", "is not a known setting "
-                              "(a token is read from token_file, never written in the file)")
+    for _, where, entry in _tables(
+            raw, "api_tokens", {"name", "token_file"},
+            " (a token is read from token_file, never written in the file)"):
         for key in ("name", "token_file"):
             if key not in entry:
                 raise ConfigError(f"{where}.{key}", "is required")
@@ -546,10 +553,7 @@ def _parse_api_tokens(raw: Any, single: bool) -> tuple[ApiToken, ...]:
             raise ConfigError(f"{where}.name", "'default' is taken by RECORDER_API_TOKEN")
         token = _read_secret_file(entry["token_file"], f"{where}.token_file")
         tokens.append(ApiToken(name, Secret(token)))
-    names = [t.name for t in tokens]
-    duplicated = sorted({n for n in names if names.count(n) > 1})
-    if duplicated:
-        raise ConfigError("api_tokens", f"names must be unique; {duplicated[0]!r} repeats")
+    _require_unique_names("api_tokens", [t.name for t in tokens])
     values = [t.token for t in tokens]
     if len(set(values)) != len(values):
         raise ConfigError("api_tokens", "two names share one token: the audit could not tell "

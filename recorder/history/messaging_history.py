@@ -21,8 +21,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 from urllib.parse import quote
 
-import orjson
-
+from recorder.eventlog.records import canonical_json
 from recorder.history.rest import RestClient, RestError
 
 CONTENT_ENDPOINT = "history_content"
@@ -44,10 +43,6 @@ class HistoryContent:
 
 class TokenRefused(RestError):
     """The history refused the consumer's token in every form (401/403)."""
-
-
-def _record_key(record: dict[str, Any]) -> bytes:
-    return orjson.dumps(record, option=orjson.OPT_SORT_KEYS)
 
 
 class MessagingHistory:
@@ -89,7 +84,7 @@ class MessagingHistory:
             requests += result.requests
             # What each attempt got is kept: partial pages lose different records each time.
             for record in result.records:
-                union.setdefault(_record_key(record), record)
+                union.setdefault(canonical_json(record), record)
             whole = result.expected is not None and len(union) >= result.expected
             if not result.partial or whole:
                 result.partial = False
@@ -144,7 +139,7 @@ class MessagingHistory:
             page = answer.get("messageEventRecords")
             page = [r for r in page if isinstance(r, dict)] if isinstance(page, list) else []
             for record in page:
-                records.setdefault(_record_key(record), record)
+                records.setdefault(canonical_json(record), record)
             metadata = answer.get("_metadata")
             count = metadata.get("count") if isinstance(metadata, dict) else None
             if type(count) is int and count >= 0:

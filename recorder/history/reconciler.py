@@ -173,7 +173,9 @@ class Reconciler:
             rows = await connection.fetch(sql.DUE_CLOSED, list(consumers), self._after_s,
                                           self._retry_s, SWEEP_BATCH * 4)
         due += [r["conversation_id"] for r in rows]
-        due = [c for c in dict.fromkeys(due) if self._hold.get(c, 0.0) <= now][:SWEEP_BATCH]
+        for conversation_id in [c for c, until in self._hold.items() if until <= now]:
+            del self._hold[conversation_id]  # expired: kept, it would grow with every check
+        due = [c for c in dict.fromkeys(due) if c not in self._hold][:SWEEP_BATCH]
         outcomes = await self.reconcile_many(due, consumers)
         # Conversations the socket never reported: each consumer's list every retry_s, a few
         # consumers per sweep so that listing takes a quarter of the request budget at most.

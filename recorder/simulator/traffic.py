@@ -15,7 +15,7 @@ from collections.abc import Iterator
 
 from recorder.logs import event
 from recorder.simulator.interface import SimulatorInterface
-from recorder.simulator.model import TTR_TYPES, SimulatorError
+from recorder.simulator.model import CLOSE, OPEN, TTR_TYPES, SimulatorError
 from recorder.simulator.script import CONSUMER_LINES, REPLIES
 
 log = logging.getLogger(__name__)
@@ -153,3 +153,15 @@ async def run_traffic(
         elif count % 50 == 0:
             await asyncio.sleep(0)  # let the connections write even when behind schedule
     return count
+
+
+def close_everything(sim: SimulatorInterface, consumers: list[str]) -> None:
+    """Close what traffic left open, surveys included, so every conversation is closed (stage
+    CLOSE): traffic stopped by its event count may end mid-conversation."""
+    for consumer in consumers:
+        for conversation_id in list(sim.world.by_consumer.get(consumer, [])):
+            conversation = sim.world.conversation(conversation_id)
+            if conversation.state == OPEN:
+                sim.close_conversation(conversation_id, survey=False)
+            elif conversation.stage != CLOSE:
+                sim.complete_survey(conversation_id)

@@ -21,7 +21,7 @@ from recorder.db.target import DatabaseTarget
 from recorder.eventlog.records import HISTORY_EVENT_TYPE
 from recorder.history.profiles import AGENT_ROLES
 from recorder.simulator import Faults, Simulator
-from recorder.simulator.model import CLOSE, OPEN
+from recorder.simulator.traffic import close_everything
 from recorder.status import read_status
 from tests.faults import oracle
 from tests.faults.harness import (
@@ -38,17 +38,6 @@ pytestmark = pytest.mark.slow
 #: Fast enough for a test, with LivePerson's 429 rule intact (a 429 always waits >= 1 s).
 QUICK = {"reconcile_after_s": 0.0, "reconcile_retry_s": 1.0, "rest_retry_s": (0.2, 0.4, 0.6),
          "rest_requests_per_minute": 6000.0}
-
-
-def close_everything(sim: Simulator, consumers: list[str]) -> None:
-    """Close what traffic left open, surveys included, so every conversation is closed."""
-    for consumer in consumers:
-        for conversation_id in sim.conversation_ids(consumer):
-            conversation = sim.world.conversation(conversation_id)
-            if conversation.state == OPEN:
-                sim.close_conversation(conversation_id, survey=False)
-            elif conversation.stage != CLOSE:
-                sim.complete_survey(conversation_id)
 
 
 async def backfilled(db: asyncpg.Connection) -> collections.Counter[tuple[str, int]]:
